@@ -1,0 +1,66 @@
+"""Offline-RL algorithms. Each module reads top to bottom: Config, networks, init, update, act.
+
+Register a new algorithm by adding its module to ``REGISTRY``; the module must define
+``Config`` (a frozen dataclass subclassing ``BaseConfig``), ``State`` (a pytree with a ``step``
+field), ``init(key, dataset, cfg)``, ``update(state, batch, key, cfg)``, ``act(state, observations,
+cfg)`` and may define ``DATASET_OVERRIDES`` (per-dataset settings published by the authors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+REGISTRY: dict[str, str] = {
+    "bc": "offbench.algorithms.bc",
+    "td3bc": "offbench.algorithms.td3bc",
+    "iql": "offbench.algorithms.iql",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    name: str
+    module: ModuleType
+
+    @property
+    def Config(self) -> type:  # noqa: N802 - mirrors the module attribute
+        return self.module.Config
+
+    @property
+    def init(self) -> Callable:
+        return self.module.init
+
+    @property
+    def update(self) -> Callable:
+        return self.module.update
+
+    @property
+    def act(self) -> Callable:
+        return self.module.act
+
+    @property
+    def dataset_overrides(self) -> tuple[tuple[str, dict[str, Any]], ...]:
+        return tuple(getattr(self.module, "DATASET_OVERRIDES", ()))
+
+
+class UnknownAlgorithmError(ValueError):
+    pass
+
+
+def get_algorithm(name: str) -> Algorithm:
+    if name not in REGISTRY:
+        from offbench.datasets.dataset import suggest
+
+        raise UnknownAlgorithmError(
+            f"unknown algorithm {name!r}.{suggest(name, list(REGISTRY))} "
+            f"Available: {', '.join(sorted(REGISTRY))}."
+        )
+    return Algorithm(name, importlib.import_module(REGISTRY[name]))
+
+
+def available_algorithms() -> list[str]:
+    return sorted(REGISTRY)

@@ -1,0 +1,197 @@
+"""Networks and small pure helpers shared by every algorithm.
+
+Only the truly generic lives here: MLPs with the initialisations the reference implementations use,
+critic ensembles, the actor heads, Polyak averaging and the tanh-Gaussian log-probability. Losses and
+update rules stay in each algorithm's own file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initialisation = Literal["torch", "orthogonal", "variance_scaling"]
+
+
+def _uniform(bound: float) -> Callable:
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Dense(nn.Module):
+    """A linear layer whose initialisation can follow PyTorch or the JAX reference code.
+
+    - ``torch``: ``nn.Linear``'s default, kernel and bias ~ U(±1/sqrt(fan_in)). TD3+BC, A2PR, PRDC
+      and CQL's official code are PyTorch, so their networks start from this.
+    - ``orthogonal``: orthogonal(scale) kernel and zero bias, as in jaxrl / official IQL.
+    - ``variance_scaling``: fan_avg uniform and zero bias, as in OGBench / DQC.
+    """
+
+    features: int
+    initialization: Initialisation = "torch"
+    scale: float = math.sqrt(2.0)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        if self.initialization == "torch":
+            bound = 1.0 / math.sqrt(fan_in)
+            kernel_init, bias_init = _uniform(bound), _uniform(bound)
+        elif self.initialization == "orthogonal":
+            kernel_init, bias_init = nn.initializers.orthogonal(self.scale), nn.initializers.zeros
+        else:
+            kernel_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+            bias_init = nn.initializers.zeros
+        kernel = self.param("kernel", kernel_init, (fan_in, self.features))
+        bias = self.param("bias", bias_init, (self.features,))
+        return x @ kernel + bias
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "tanh": jnp.tanh,
+}
+
+
+class MLP(nn.Module):
+    """Hidden layers with an activation (and optional LayerNorm), then a linear output layer."""
+
+    hidden_dims: Sequence[int]
+    output_dim: int
+    activation: str = "relu"
+    layer_norm: bool = False
+    initialization: Initialisation = "torch"
+    output_scale: float = math.sqrt(2.0)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        for width in self.hidden_dims:
+            x = Dense(width, initialization=self.initialization)(x)
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
+            x = act(x)
+        return Dense(self.output_dim, initialization=self.initialization, scale=self.output_scale)(x)
+
+
+class DeterministicActor(nn.Module):
+    """``max_action * tanh(MLP(s))``: the TD3 actor."""
+
+    hidden_dims: Sequence[int]
+    action_dim: int
+    max_action: float = 1.0
+    initialization: Initialisation = "torch"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> jax.Array:
+        mlp = MLP(self.hidden_dims, self.action_dim, initialization=self.initialization)
+        return self.max_action * jnp.tanh(mlp(observations))
+
+
+class ValueNetwork(nn.Module):
+    """V(s) -> scalar."""
+
+    hidden_dims: Sequence[int]
+    activation: str = "relu"
+    layer_norm: bool = False
+    initialization: Initialisation = "torch"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> jax.Array:
+        mlp = MLP(self.hidden_dims, 1, self.activation, self.layer_norm, self.initialization)
+        return mlp(observations).squeeze(-1)
+
+
+class CriticEnsemble(nn.Module):
+    """``num_critics`` independent Q(s, a) networks evaluated as one batched program.
+
+    Returns shape ``[num_critics, *batch]``. Member 0 is TD3's Q1.
+    """
+
+    hidden_dims: Sequence[int]
+    num_critics: int = 2
+    activation: str = "relu"
+    layer_norm: bool = False
+    initialization: Initialisation = "torch"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
+        ensemble = nn.vmap(
+            MLP,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num_critics,
+        )
+        inputs = jnp.concatenate([observations, actions], axis=-1)
+        return ensemble(self.hidden_dims, 1, self.activation, self.layer_norm, self.initialization)(inputs).squeeze(-1)
+
+
+class GaussianPolicy(nn.Module):
+    """IQL's policy: N(tanh(mean(s)), exp(log_std)) with a state-independent, clipped log-std.
+
+    Matches jaxrl's ``NormalTanhPolicy(state_dependent_std=False, tanh_squash_distribution=False,
+    log_std_min=-5)`` used by the official IQL code for locomotion.
+    """
+
+    hidden_dims: Sequence[int]
+    action_dim: int
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+    initialization: Initialisation = "orthogonal"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> tuple[jax.Array, jax.Array]:
+        trunk = MLP(self.hidden_dims[:-1], self.hidden_dims[-1], initialization=self.initialization)
+        features = nn.relu(trunk(observations))
+        mean = jnp.tanh(Dense(self.action_dim, initialization=self.initialization)(features))
+        log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
+        return mean, jnp.broadcast_to(log_std, mean.shape)
+
+
+class TanhGaussianActor(nn.Module):
+    """SAC's actor: a state-dependent Gaussian squashed by tanh. Returns (mean, log_std) pre-squash."""
+
+    hidden_dims: Sequence[int]
+    action_dim: int
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+    initialization: Initialisation = "torch"
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = MLP(self.hidden_dims, 2 * self.action_dim, initialization=self.initialization)(observations)
+        mean, log_std = jnp.split(out, 2, axis=-1)
+        return mean, jnp.clip(log_std, self.log_std_min, self.log_std_max)
+
+
+def gaussian_log_prob(mean: jax.Array, log_std: jax.Array, x: jax.Array) -> jax.Array:
+    """Log-density of a diagonal Gaussian, summed over the last axis."""
+    z = (x - mean) * jnp.exp(-log_std)
+    return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
+
+
+def sample_tanh_gaussian(
+    key: jax.Array, mean: jax.Array, log_std: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Reparameterised tanh-Gaussian sample and its log-probability (with the tanh Jacobian)."""
+    pre_tanh = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+    action = jnp.tanh(pre_tanh)
+    # log(1 - tanh(x)^2) written stably: 2 * (log 2 - x - softplus(-2x)).
+    log_det = jnp.sum(2.0 * (jnp.log(2.0) - pre_tanh - jax.nn.softplus(-2.0 * pre_tanh)), axis=-1)
+    return action, gaussian_log_prob(mean, log_std, pre_tanh) - log_det
+
+
+def polyak(target: dict, online: dict, tau: float) -> dict:
+    """target <- tau * online + (1 - tau) * target."""
+    return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)

@@ -1,0 +1,76 @@
+"""Batched evaluation in the real environment: every seed x episode at once.
+
+One environment per (seed, episode), created once per job and reused at every evaluation. Each
+step makes one batched, jitted policy call for all of them and steps only the environments whose
+episode is still running. Reset seeds come from the run seed and the episode index alone, so the
+same seed meets the same initial states at every evaluation and in every rerun.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from offbench.datasets.dataset import DatasetSpec
+from offbench.datasets.sources import make_env
+
+
+def reset_seeds(run_seed: int, episodes: int) -> list[int]:
+    """Environment reset seeds for one run seed, independent of the other seeds in the job."""
+    state = np.random.SeedSequence([int(run_seed), 0xE7A1]).generate_state(episodes, dtype=np.uint32)
+    return [int(s) for s in state]
+
+
+class Evaluator:
+    """Runs ``episodes`` episodes for each of ``seeds`` with one batched policy call per step."""
+
+    def __init__(self, spec: DatasetSpec, seeds: Sequence[int], episodes: int,
+                 env_factory: Callable[[], gym.Env] | None = None) -> None:
+        self.spec = spec
+        self.num_seeds, self.episodes = len(seeds), episodes
+        factory = env_factory or (lambda: make_env(spec))
+        self.envs = [factory() for _ in range(self.num_seeds * episodes)]
+        self.reset_seeds = [s for seed in seeds for s in reset_seeds(seed, episodes)]
+        space = self.envs[0].action_space
+        self.action_low, self.action_high = space.low, space.high
+        self.observation_space = self.envs[0].observation_space
+        self.flatten = spec.observation_keys is not None
+        self.env_steps = 0
+
+    def _observation(self, observation) -> np.ndarray:
+        if self.flatten:
+            return gym.spaces.flatten(self.observation_space, observation)
+        return np.asarray(observation, dtype=np.float32).reshape(-1)
+
+    def run(self, policy: Callable[[np.ndarray], np.ndarray], active: np.ndarray | None = None) -> np.ndarray:
+        """Undiscounted returns, shape [seeds, episodes]; NaN for seeds marked inactive.
+
+        ``policy`` maps observations [seeds, episodes, obs] to actions [seeds, episodes, act].
+        """
+        seeds_active = np.ones(self.num_seeds, bool) if active is None else np.asarray(active, bool)
+        running = np.repeat(seeds_active, self.episodes)
+        observations = np.zeros((len(self.envs), self.spec.observation_dim), np.float32)
+        for index in np.nonzero(running)[0]:
+            observation, _ = self.envs[index].reset(seed=self.reset_seeds[index])
+            observations[index] = self._observation(observation)
+        returns = np.zeros(len(self.envs), np.float64)
+        shape = (self.num_seeds, self.episodes, self.spec.observation_dim)
+        while running.any():
+            actions = np.asarray(policy(observations.reshape(shape))).reshape(len(self.envs), -1)
+            actions = np.clip(actions, self.action_low, self.action_high)
+            for index in np.nonzero(running)[0]:
+                observation, reward, terminated, truncated, _ = self.envs[index].step(actions[index])
+                observations[index] = self._observation(observation)
+                returns[index] += float(reward)
+                if terminated or truncated:
+                    running[index] = False
+                self.env_steps += 1
+        returns = returns.reshape(self.num_seeds, self.episodes)
+        returns[~seeds_active] = np.nan
+        return returns
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()

@@ -1,0 +1,217 @@
+"""The training engine: jitted ``lax.scan`` chunks of updates, vmapped over seeds.
+
+The dataset lives on the device once and is shared by every seed (it is a closed-over argument, not a
+vmapped one). Each seed owns its parameters, optimiser states and PRNG key; the update counter
+``state.step`` is shared and kept unbatched, so algorithms can branch on it (TD3's delayed actor)
+with a real ``lax.cond`` instead of computing both branches. Seed ``i`` of a vmapped run therefore
+follows exactly the computation of a single run with seed ``i``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from offbench.algorithms import Algorithm, get_algorithm
+from offbench.algorithms import sampling
+from offbench.algorithms.config import resolve_config
+from offbench.bench import results
+from offbench.bench.evaluate import Evaluator
+from offbench.datasets.dataset import Dataset
+from offbench.datasets.sources import load_dataset
+
+
+def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """(init keys, training keys), one per seed, each derived from the seed value alone."""
+    keys = jnp.stack([jax.random.split(jax.random.key(int(seed))) for seed in seeds])
+    return keys[:, 0], keys[:, 1]
+
+
+def state_axes(states: Any) -> Any:
+    """vmap axes for a batch of states: every leaf on axis 0 except the shared ``step``."""
+    return jax.tree.map(lambda _: 0, states).replace(step=None)
+
+
+def init_states(algorithm: Algorithm, data: sampling.TrainingData, cfg: Any, init_keys: jax.Array) -> Any:
+    states = jax.jit(jax.vmap(lambda key: algorithm.init(key, data.dataset, cfg)))(init_keys)
+    return states.replace(step=states.step[0])
+
+
+def all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def make_train_chunk(algorithm: Algorithm, cfg: Any, num_updates: int) -> Callable:
+    """A jitted function running ``num_updates`` updates of every seed in one ``lax.scan``.
+
+    Returns ``(states, keys, metrics, finite)``: metrics are per-seed means over the chunk (NaN-aware,
+    because delayed updates report NaN on the steps they skip) and ``finite[s]`` says whether seed
+    ``s``'s parameters are still finite. Nothing leaves the device inside the chunk.
+    """
+
+    def chunk(states: Any, keys: jax.Array, data: sampling.TrainingData):
+        axes = state_axes(states)
+
+        def one_update(state: Any, key: jax.Array):
+            key, sample_key, update_key = jax.random.split(key, 3)
+            batch = sampling.sample(data, sample_key, cfg.batch_size)
+            state, metrics = algorithm.update(state, batch, update_key, cfg)
+            return state, key, metrics
+
+        vmapped_update = jax.vmap(one_update, in_axes=(axes, 0), out_axes=(axes, 0, 0))
+
+        def body(carry, _):
+            states, keys = carry
+            states, keys, metrics = vmapped_update(*carry)
+            return (states, keys), metrics
+
+        (states, keys), metrics = jax.lax.scan(body, (states, keys), None, length=num_updates)
+        metrics = jax.tree.map(lambda m: jnp.nanmean(m, axis=0), metrics)
+        finite = jax.vmap(all_finite, in_axes=(axes,))(states)
+        return states, keys, metrics, finite
+
+    return jax.jit(chunk, donate_argnums=(0, 1))
+
+
+def make_policy(algorithm: Algorithm, cfg: Any, data: sampling.TrainingData) -> Callable:
+    """A jitted ``(states, observations[S, E, obs]) -> actions[S, E, act]`` for evaluation.
+
+    Observation standardisation uses the training dataset's statistics, carried with the policy.
+    """
+    mean = jnp.asarray(data.dataset.observation_mean)
+    std = jnp.asarray(data.dataset.observation_std)
+
+    def policy(states: Any, observations: jax.Array) -> jax.Array:
+        if cfg.normalize_observations:
+            observations = (observations - mean) / std
+        return jax.vmap(lambda s, o: algorithm.act(s, o, cfg), in_axes=(state_axes(states), 0))(
+            states, observations
+        )
+
+    return jax.jit(policy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One algorithm x dataset x hyper-parameter setting; its seeds train together, vmapped."""
+
+    algorithm: str
+    dataset: str
+    seeds: tuple[int, ...]
+    steps: int
+    eval_every: int
+    eval_episodes: int = 10
+    hparams: tuple[tuple[str, Any], ...] = ()
+    final_k: int = 3
+    suite: str = "adhoc"
+    env_id: str | None = None
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("a job needs at least one seed.")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}.")
+        for name in ("steps", "eval_every", "eval_episodes", "final_k"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+
+
+@dataclasses.dataclass
+class ChunkReport:
+    step: int
+    updates_per_second: float  # per seed; every seed advances this many updates per second
+    normalized_score: float | None
+    return_mean: float
+
+
+def resolve(job: Job, dataset: Dataset) -> Any:
+    algorithm = get_algorithm(job.algorithm)
+    overrides = {"total_steps": job.steps, **dict(job.hparams)}
+    return resolve_config(algorithm.Config, dataset.spec.id, algorithm.dataset_overrides, overrides)
+
+
+def run_job(
+    job: Job,
+    dataset: Dataset | None = None,
+    on_chunk: Callable[[ChunkReport], None] | None = None,
+) -> tuple[Any, Any]:
+    """Train and evaluate every seed of ``job``; return (evals table, runs table) as DataFrames."""
+    algorithm = get_algorithm(job.algorithm)
+    dataset = dataset if dataset is not None else load_dataset(job.dataset, env_id=job.env_id,
+                                                              download=job.download)
+    cfg = resolve(job, dataset)
+    data = sampling.prepare(dataset, cfg)
+    evaluator = Evaluator(dataset.spec, job.seeds, job.eval_episodes)
+    init_keys, keys = seed_keys(job.seeds)
+    states = init_states(algorithm, data, cfg, init_keys)
+    policy = make_policy(algorithm, cfg, data)
+    chunk_fns: dict[int, Callable] = {}
+    num_seeds = len(job.seeds)
+    diverged_step = np.full(num_seeds, -1, np.int64)
+    eval_rows: list[dict[str, Any]] = []
+    train_seconds = eval_seconds = compile_seconds = 0.0
+    step, started = 0, time.perf_counter()
+
+    while step < job.steps:
+        length = min(job.eval_every, job.steps - step)
+        if length not in chunk_fns:
+            tic = time.perf_counter()
+            chunk_fns[length] = make_train_chunk(algorithm, cfg, length).lower(states, keys, data).compile()
+            compile_seconds += time.perf_counter() - tic
+        tic = time.perf_counter()
+        states, keys, metrics, finite = chunk_fns[length](states, keys, data)
+        finite = np.asarray(finite)
+        train_seconds += time.perf_counter() - tic
+        step += length
+        newly_diverged = (~finite) & (diverged_step < 0)
+        diverged_step[newly_diverged] = step
+
+        tic = time.perf_counter()
+        episode_returns = evaluator.run(lambda obs: policy(states, obs), active=diverged_step < 0)
+        eval_seconds += time.perf_counter() - tic
+        wall = time.perf_counter() - started
+        for i, seed in enumerate(job.seeds):
+            status = "diverged" if diverged_step[i] >= 0 else "ok"
+            seed_returns = episode_returns[i]
+            return_mean = float(np.mean(seed_returns)) if status == "ok" else math.nan
+            score = dataset.spec.normalized_score(return_mean) if status == "ok" else None
+            eval_rows.append({
+                "seed": int(seed), "step": step, "return_mean": return_mean,
+                "return_std": float(np.std(seed_returns)) if status == "ok" else math.nan,
+                "episodes": job.eval_episodes,
+                "normalized_score": None if score is None else float(score),
+                "wall_time_s": wall, "status": status,
+                **{f"metric_{k}": float(np.asarray(v)[i]) for k, v in metrics.items()},
+            })
+        if on_chunk is not None:
+            ok = diverged_step < 0
+            mean_return = float(np.mean(episode_returns[ok])) if ok.any() else math.nan
+            score = dataset.spec.normalized_score(mean_return)
+            on_chunk(ChunkReport(step, step / max(train_seconds, 1e-9),
+                                 None if score is None or not ok.any() else float(score), mean_return))
+
+    keys_row = {
+        "suite": job.suite, "dataset": dataset.spec.id, "env": dataset.spec.env_id or "",
+        "algorithm": job.algorithm, "sampler": cfg.sampler,
+        "hparams": results.hparams_json(cfg), "hparams_hash": results.hparams_hash(cfg),
+    }
+    evals = results.evals_frame(keys_row, eval_rows)
+    runs = results.runs_frame(
+        keys_row, evals, spec=dataset.spec, final_k=job.final_k,
+        train_seconds=train_seconds, compile_seconds=compile_seconds, eval_seconds=eval_seconds,
+        updates_per_second=job.steps / max(train_seconds, 1e-9),
+        steps=job.steps, diverged_step=diverged_step,
+    )
+    return evals, runs
+
+
+def job_name(job: Job, cfg: Any) -> str:
+    return results.job_name(job.algorithm, cfg.sampler, job.dataset, results.hparams_hash(cfg))

@@ -1,0 +1,282 @@
+"""Loaders: Minari dataset ids (local, or downloaded on request) and D4RL-format HDF5 files.
+
+Both produce the canonical :class:`~offbench.datasets.dataset.Dataset`. The ``d4rl`` package is not
+used (it cannot be installed on modern Python); its HDF5 layout is read directly with h5py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import gymnasium as gym
+import h5py
+import numpy as np
+from offbench.datasets.dataset import (
+    Dataset,
+    DatasetError,
+    DatasetSpec,
+    build_dataset,
+    from_episodes,
+    suggest,
+)
+
+# D4RL's reference returns (d4rl/infos.py, identical for v0-v2). They belong to the old mujoco-py
+# environments, so on Gymnasium v5 they are approximate; the source string says so.
+D4RL_REFERENCE_SCORES: dict[str, tuple[float, float]] = {
+    "halfcheetah": (-280.178953, 12135.0),
+    "hopper": (-20.272305, 3234.3),
+    "walker2d": (1.629008, 4592.3),
+    "ant": (-325.6, 3879.7),
+}
+D4RL_EVAL_ENVS: dict[str, str] = {
+    "halfcheetah": "HalfCheetah-v5",
+    "hopper": "Hopper-v5",
+    "walker2d": "Walker2d-v5",
+    "ant": "Ant-v5",
+}
+D4RL_NAME = re.compile(r"^(halfcheetah|hopper|walker2d|ant)-[a-z\-]+-v\d+$")
+D4RL_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
+
+
+def load_dataset(name: str, *, env_id: str | None = None, download: bool = False) -> Dataset:
+    """Load a dataset by Minari id (``mujoco/hopper/medium-v0``) or by path to a D4RL HDF5 file."""
+    path = Path(name).expanduser()
+    if path.suffix in {".hdf5", ".h5"} or path.exists():
+        return load_d4rl_hdf5(path, env_id=env_id)
+    if "/" not in name and not re.search(r"-v\d+$", name):
+        raise DatasetError(
+            f"{name!r} is neither an existing file nor a Minari dataset id "
+            "(ids look like 'namespace/name-v0', e.g. 'mujoco/hopper/medium-v0')."
+        )
+    return load_minari(name, download=download, env_id=env_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# Minari
+
+
+def minari_datasets_path() -> Path:
+    return Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
+
+
+def load_minari(dataset_id: str, *, download: bool = False, env_id: str | None = None) -> Dataset:
+    """Load a Minari dataset. ``download=True`` fetches a missing id from the Minari remote."""
+    import minari
+
+    local = set(minari.list_local_datasets())
+    if dataset_id not in local and not download:
+        raise DatasetError(
+            f"unknown dataset {dataset_id!r}: not found under {minari_datasets_path()}."
+            f"{suggest(dataset_id, sorted(local))} "
+            "Generate offbench's own datasets with `offbench datasets generate`, or pass --download to "
+            "fetch a remote Minari id (needs internet)."
+        )
+    try:
+        minari_dataset = minari.load_dataset(dataset_id, download=download)
+    except (OSError, KeyError, ValueError) as error:
+        raise DatasetError(
+            f"dataset {dataset_id!r} could not be read ({type(error).__name__}: {error}). The files under "
+            f"{minari_datasets_path() / dataset_id} may be corrupt: delete that folder and regenerate or "
+            "re-download it."
+        ) from error
+
+    metadata = minari_dataset.storage.metadata
+    observation_space = minari_dataset.observation_space
+    action_space = minari_dataset.action_space
+    if not isinstance(action_space, gym.spaces.Box):
+        raise DatasetError(f"dataset {dataset_id!r} has a {type(action_space).__name__} action space; "
+                           "offbench supports continuous (Box) actions only.")
+    flat_space = gym.spaces.flatten_space(observation_space)
+    observation_keys = (
+        tuple(observation_space.spaces.keys()) if isinstance(observation_space, gym.spaces.Dict) else None
+    )
+
+    def flatten(observations) -> np.ndarray:
+        # Dict observations (goal-conditioned sets) become one vector in the space's key order, the
+        # same function evaluation applies to each environment observation.
+        if observation_keys is None:
+            return np.asarray(observations, dtype=np.float32).reshape(len(observations), -1)
+        count = len(next(iter(observations.values())))
+        return np.stack(
+            [gym.spaces.flatten(observation_space, {k: observations[k][i] for k in observation_keys})
+             for i in range(count)]
+        ).astype(np.float32)
+
+    # Minari keeps the evaluation env spec privately; it is what recover_environment(eval_env=True) uses.
+    eval_spec = getattr(minari_dataset, "_eval_env_spec", None) or minari_dataset.spec.env_spec
+    resolved_env_id = env_id or (eval_spec.id if eval_spec is not None else None)
+    ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    has_refs = ref_min is not None and ref_max is not None
+    spec = DatasetSpec(
+        id=dataset_id,
+        source="minari",
+        env_id=resolved_env_id,
+        observation_dim=int(flat_space.shape[0]),
+        action_dim=int(action_space.shape[0]),
+        action_low=tuple(float(x) for x in action_space.low),
+        action_high=tuple(float(x) for x in action_space.high),
+        ref_min_score=float(ref_min) if has_refs else None,
+        ref_max_score=float(ref_max) if has_refs else None,
+        ref_source="minari-metadata" if has_refs else None,
+        eval_env_spec=eval_spec.to_json() if (eval_spec is not None and env_id is None) else None,
+        observation_keys=observation_keys,
+        description=metadata.get("description"),
+    )
+    episodes = (
+        {
+            "observations": flatten(episode.observations),
+            "actions": episode.actions,
+            "rewards": episode.rewards,
+            "terminations": episode.terminations,
+            "truncations": episode.truncations,
+        }
+        for episode in minari_dataset.iterate_episodes()
+    )
+    return from_episodes(spec, episodes)
+
+
+# --------------------------------------------------------------------------------------------------
+# D4RL-format HDF5
+
+
+def _read_hdf5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda key, item: arrays.__setitem__(key, item[()]) if isinstance(item, h5py.Dataset)
+                         and not key.startswith("metadata/policy") else None)
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except OSError as error:
+        raise DatasetError(
+            f"{path} is not a readable HDF5 file ({error}). It may be truncated or corrupt: download or "
+            "generate it again."
+        ) from error
+    return arrays, attrs
+
+
+def load_d4rl_hdf5(path: str | Path, *, env_id: str | None = None) -> Dataset:
+    """Read a D4RL-layout HDF5 file (flat arrays ``observations``, ``actions``, ``rewards``,
+    ``terminals``, optional ``timeouts`` and ``next_observations``).
+
+    With ``next_observations`` present every row is a transition. Without it we follow
+    ``d4rl.qlearning_dataset``: the next observation is the following row, and a row whose episode
+    was cut by a timeout is dropped, since its following row belongs to the next episode. The row
+    before it then ends that episode, and is marked as a timeout (the episode ended by the time limit,
+    the value bootstraps). A terminal last row is kept (its next observation is masked anyway); any
+    other last row is dropped, leaving an incomplete final episode.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetError(f"dataset file {path} does not exist. Check the path (relative paths are resolved "
+                           f"from {Path.cwd()}).")
+    arrays, attrs = _read_hdf5(path)
+    missing = [k for k in D4RL_REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise DatasetError(
+            f"{path} has no {', '.join(repr(k) for k in missing)} dataset(s); a D4RL-format file needs "
+            f"{', '.join(D4RL_REQUIRED_KEYS)} (and usually 'timeouts'). Keys found: {sorted(arrays)[:12]}."
+        )
+
+    observations = np.asarray(arrays["observations"], np.float32)
+    actions = np.asarray(arrays["actions"], np.float32)
+    rewards = np.asarray(arrays["rewards"], np.float32).reshape(-1)
+    terminals = np.asarray(arrays["terminals"]).reshape(-1).astype(bool)
+    n = rewards.shape[0]
+    timeouts = np.asarray(arrays.get("timeouts", np.zeros(n, bool))).reshape(-1).astype(bool)
+    checked = [("observations", observations), ("actions", actions), ("terminals", terminals),
+               ("timeouts", timeouts)]
+    if "next_observations" in arrays:
+        checked.append(("next_observations", np.asarray(arrays["next_observations"])))
+    for key, array in checked:
+        if array.shape[0] != n:
+            raise DatasetError(f"{path}: mismatched lengths, 'rewards' has {n} rows but {key!r} has "
+                               f"{array.shape[0]}. Every key needs one row per step.")
+
+    if "next_observations" in arrays:
+        next_observations = np.asarray(arrays["next_observations"], np.float32)
+        keep = np.ones(n, bool)
+    else:
+        next_observations = np.concatenate([observations[1:], observations[-1:]])
+        keep = ~(timeouts & ~terminals)
+        keep[-1] = terminals[-1]
+        # The last kept row of a timed-out episode now ends that episode by the time limit.
+        dropped_timeouts = np.nonzero(~keep & timeouts & ~terminals)[0]
+        dropped_timeouts = dropped_timeouts[dropped_timeouts > 0]
+        previous = dropped_timeouts - 1
+        previous = previous[keep[previous] & ~terminals[previous]]
+        timeouts = timeouts.copy()
+        timeouts[previous] = True
+
+    stem = path.name.removesuffix(".hdf5").removesuffix(".h5")
+    d4rl_match = D4RL_NAME.match(stem)
+    env_name = d4rl_match.group(1) if d4rl_match else None
+    resolved_env = env_id or attrs.get("env_id") or (D4RL_EVAL_ENVS.get(env_name) if env_name else None)
+    if "ref_min_score" in attrs and "ref_max_score" in attrs:
+        ref_min, ref_max = float(attrs["ref_min_score"]), float(attrs["ref_max_score"])
+        ref_source = str(attrs.get("ref_source", "file-attributes"))
+    elif env_name:
+        ref_min, ref_max = D4RL_REFERENCE_SCORES[env_name]
+        ref_source = "d4rl-infos (mujoco-py v2 references; approximate on Gymnasium v5)"
+    else:
+        ref_min = ref_max = ref_source = None
+
+    action_dim = actions.shape[1] if actions.ndim == 2 else 0
+    # write_d4rl_hdf5 stores list attributes as JSON strings.
+    low, high = (json.loads(v) if isinstance(v, str) else v
+                 for v in (attrs.get("action_low"), attrs.get("action_high")))
+    spec = DatasetSpec(
+        id=str(path),
+        source="d4rl-hdf5",
+        env_id=resolved_env,
+        observation_dim=int(observations.shape[1]) if observations.ndim == 2 else 0,
+        action_dim=int(action_dim),
+        # D4RL locomotion actions live in [-1, 1]; a file may state other bounds in its attributes.
+        action_low=tuple(np.broadcast_to(np.asarray(-1.0 if low is None else low, float), (action_dim,))),
+        action_high=tuple(np.broadcast_to(np.asarray(1.0 if high is None else high, float), (action_dim,))),
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+        ref_source=ref_source,
+        description=str(attrs["description"]) if "description" in attrs else None,
+    )
+    return build_dataset(
+        spec,
+        observations=observations[keep],
+        actions=actions[keep],
+        rewards=rewards[keep],
+        next_observations=next_observations[keep],
+        terminals=terminals[keep],
+        timeouts=timeouts[keep],
+    )
+
+
+def write_d4rl_hdf5(path: str | Path, arrays: dict[str, np.ndarray],
+                    attrs: dict[str, object] | None = None) -> Path:
+    """Write flat D4RL-layout arrays (gzip) atomically: a killed write leaves no partial file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with h5py.File(temporary, "w") as f:
+        for key, value in arrays.items():
+            f.create_dataset(key, data=value, compression="gzip")
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
+    os.replace(temporary, path)
+    return path
+
+
+def make_env(spec: DatasetSpec, **kwargs) -> gym.Env:
+    """The evaluation environment of a dataset."""
+    if spec.eval_env_spec is not None:
+        return gym.make(gym.envs.registration.EnvSpec.from_json(spec.eval_env_spec), **kwargs)
+    if spec.env_id is None:
+        raise DatasetError(
+            f"dataset {spec.id!r} names no evaluation environment. Pass one explicitly, e.g. "
+            "`--env Hopper-v5`."
+        )
+    try:
+        return gym.make(spec.env_id, **kwargs)
+    except gym.error.Error as error:
+        raise DatasetError(f"cannot create evaluation environment {spec.env_id!r} for dataset "
+                           f"{spec.id!r}: {error}") from error

@@ -1,0 +1,199 @@
+"""Loss values of BC, TD3+BC and IQL on tiny fixed batches, computed by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from offbench.algorithms import bc, get_algorithm, iql, td3bc
+from offbench.algorithms.config import resolve_config
+from offbench.algorithms.sampling import Batch
+
+BATCH = Batch(
+    observations=jnp.array([[0.1, -0.2, 0.3], [1.0, 0.5, -0.5]]),
+    actions=jnp.array([[0.5, -0.5], [0.0, 0.25]]),
+    rewards=jnp.array([1.0, 2.0]),
+    next_observations=jnp.array([[0.0, 0.0, 1.0], [0.2, 0.2, 0.2]]),
+    masks=jnp.array([1.0, 0.0]),  # the second transition is terminal
+)
+
+
+def constant_network(params, output_bias, output_layer: str | None = None):
+    """Zero every kernel and bias, then set the output bias: the network outputs ``output_bias``.
+
+    With zero hidden weights every ReLU unit is 0, so the output is exactly the last bias: a network
+    whose value we know by hand. For an ensemble the last axis-0 entries give each member's bias.
+    """
+    zeroed = jax.tree.map(jnp.zeros_like, params)
+    flat = jax.tree_util.tree_flatten_with_path(zeroed)[0]
+    biases = [path for path, _ in flat if "bias" in jax.tree_util.keystr(path)]
+    if output_layer is not None:
+        biases = [path for path in biases if output_layer in jax.tree_util.keystr(path)]
+    last_bias_path = biases[-1]
+
+    def set_bias(path, leaf):
+        if path == last_bias_path:
+            return jnp.broadcast_to(jnp.asarray(output_bias, leaf.dtype).reshape(leaf.shape[:-1] + (-1,)),
+                                    leaf.shape)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(set_bias, zeroed)
+
+
+def test_td3bc_critic_loss_by_hand(toy_dataset):
+    cfg = td3bc.Config(hidden_dims=(4,), policy_noise=0.0)
+    state = td3bc.init(jax.random.key(0), toy_dataset(), cfg)
+    critic = constant_network(state.critic, [[1.0], [2.0]])  # Q1 = 1, Q2 = 2 everywhere
+    state = state.replace(critic=critic, critic_target=critic)
+    loss, _ = td3bc.critic_loss(state.critic, state, BATCH, jax.random.key(1), cfg)
+    # target = r + 0.99 * mask * min(1, 2) = [1.99, 2.0]; loss = mean((1-t)^2) + mean((2-t)^2)
+    expected = np.mean([(1 - 1.99) ** 2, (1 - 2.0) ** 2]) + np.mean([(2 - 1.99) ** 2, 0.0])
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def numpy_mlp(params: dict, x: np.ndarray) -> np.ndarray:
+    """An independent numpy forward pass of a ReLU MLP stored as Dense_0..Dense_k."""
+    node = params["params"]
+    while "Dense_0" not in node:
+        (node,) = node.values()
+    layers = [node[f"Dense_{i}"] for i in range(len(node))]
+    for i, layer in enumerate(layers):
+        x = x @ np.asarray(layer["kernel"]) + np.asarray(layer["bias"])
+        if i < len(layers) - 1:
+            x = np.maximum(x, 0.0)
+    return x
+
+
+def test_td3bc_critic_loss_with_clipped_target_noise_matches_numpy(toy_dataset):
+    cfg = td3bc.Config(hidden_dims=(8, 8), policy_noise=5.0, noise_clip=0.5)
+    state = td3bc.init(jax.random.key(0), toy_dataset(), cfg)
+    key = jax.random.key(3)
+    loss, _ = td3bc.critic_loss(state.critic, state, BATCH, key, cfg)
+
+    noise = np.clip(5.0 * np.asarray(jax.random.normal(key, BATCH.actions.shape)), -0.5, 0.5)
+    assert np.abs(noise).max() == 0.5  # the noise is large enough that clipping matters
+    next_obs, obs = np.asarray(BATCH.next_observations), np.asarray(BATCH.observations)
+    next_actions = np.clip(np.tanh(numpy_mlp(state.actor_target, next_obs)) + noise, -1.0, 1.0)
+
+    def critics(params, o, a):
+        stacked = params["params"]["VmapMLP_0"]
+        members = [{"params": jax.tree.map(lambda leaf, i=i: np.asarray(leaf)[i], stacked)} for i in range(2)]
+        return np.stack([numpy_mlp(m, np.concatenate([o, a], -1))[:, 0] for m in members])
+
+    target = np.asarray(BATCH.rewards) + 0.99 * np.asarray(BATCH.masks) * critics(
+        state.critic_target, next_obs, next_actions).min(0)
+    q = critics(state.critic, obs, np.asarray(BATCH.actions))
+    assert float(loss) == pytest.approx(((q - target) ** 2).mean(1).sum(), rel=1e-5)
+
+
+def test_td3bc_actor_loss_by_hand(toy_dataset):
+    cfg = td3bc.Config(hidden_dims=(4,), alpha=2.5)
+    state = td3bc.init(jax.random.key(0), toy_dataset(), cfg)
+    state = state.replace(critic=constant_network(state.critic, [[-4.0], [7.0]]))
+    actor = constant_network(state.actor, [0.3, -0.2])
+    loss, info = td3bc.actor_loss(actor, state, BATCH, cfg)
+    pi = np.tanh([0.3, -0.2])
+    bc_loss = np.mean((pi - np.asarray(BATCH.actions)) ** 2)
+    # lambda = alpha / mean|Q1| = 2.5 / 4; -lambda * mean(Q1) = 2.5
+    assert float(info["bc_loss"]) == pytest.approx(bc_loss, rel=1e-6)
+    assert float(loss) == pytest.approx(2.5 + bc_loss, rel=1e-6)
+
+
+def test_td3bc_actor_and_targets_move_every_second_step(toy_dataset):
+    cfg = td3bc.Config(hidden_dims=(8,))
+    state = td3bc.init(jax.random.key(0), toy_dataset(), cfg)
+    first, _ = td3bc.update(state, BATCH, jax.random.key(1), cfg)
+    leaves = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])  # noqa: E731
+    assert np.array_equal(leaves(first.actor), leaves(state.actor))
+    assert np.array_equal(leaves(first.critic_target), leaves(state.critic_target))
+    assert not np.array_equal(leaves(first.critic), leaves(state.critic))
+    second, _ = td3bc.update(first, BATCH, jax.random.key(2), cfg)
+    assert not np.array_equal(leaves(second.actor), leaves(first.actor))
+    expected_target = 0.995 * leaves(first.critic_target) + 0.005 * leaves(second.critic)
+    np.testing.assert_allclose(leaves(second.critic_target), expected_target, rtol=1e-5, atol=1e-7)
+
+
+def test_iql_losses_by_hand(toy_dataset):
+    cfg = iql.Config(hidden_dims=(4, 4), expectile=0.7, temperature=3.0, discount=0.99)
+    state = iql.init(jax.random.key(0), toy_dataset(), cfg)
+    critic = constant_network(state.critic, [[1.0], [1.5]])  # min(Q1, Q2) = 1
+    value = constant_network(state.value, [0.6])
+    actor = constant_network(state.actor, [0.2, -0.1], output_layer="['params']['Dense_0']")
+    log_std = np.log(0.5)
+    actor = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.full_like(leaf, log_std) if "log_std" in jax.tree_util.keystr(path) else leaf,
+        actor,
+    )
+    state = state.replace(critic=critic, critic_target=critic, value=value, actor=actor)
+
+    value_loss, _ = iql.value_loss(state.value, state, BATCH, cfg)
+    assert float(value_loss) == pytest.approx(0.7 * (1.0 - 0.6) ** 2, rel=1e-6)  # q - v > 0: weight 0.7
+
+    actor_loss, info = iql.actor_loss(state.actor, state, BATCH, cfg)
+    weight = math.exp((1.0 - 0.6) * 3.0)
+    mean = np.tanh([0.2, -0.1])
+    actions = np.asarray(BATCH.actions)
+    log_prob = np.sum(-0.5 * ((actions - mean) / 0.5) ** 2 - np.log(0.5) - 0.5 * np.log(2 * np.pi), axis=-1)
+    assert float(info["advantage_weight"]) == pytest.approx(weight, rel=1e-5)
+    assert float(actor_loss) == pytest.approx(-np.mean(weight * log_prob), rel=1e-5)
+
+    critic_loss, _ = iql.critic_loss(state.critic, state, BATCH, cfg)
+    target = np.array([1.0 + 0.99 * 0.6, 2.0])  # the terminal transition does not bootstrap
+    expected = np.mean((1.0 - target) ** 2 + (1.5 - target) ** 2)
+    assert float(critic_loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_iql_advantage_weight_is_clipped(toy_dataset):
+    cfg = iql.Config(hidden_dims=(4, 4), temperature=3.0)
+    state = iql.init(jax.random.key(0), toy_dataset(), cfg)
+    critic = constant_network(state.critic, [[100.0], [100.0]])
+    state = state.replace(critic_target=critic, value=constant_network(state.value, [0.0]))
+    _, info = iql.actor_loss(state.actor, state, BATCH, cfg)
+    assert float(info["advantage_weight"]) == pytest.approx(100.0)
+
+
+def test_iql_expectile_loss_by_hand():
+    np.testing.assert_allclose(iql.expectile_loss(jnp.array([-1.0, 2.0]), 0.7), [0.3, 2.8], rtol=1e-6)
+
+
+def test_bc_loss_by_hand(toy_dataset):
+    cfg = bc.Config(hidden_dims=(4,))
+    state = bc.init(jax.random.key(0), toy_dataset(), cfg)
+    params = constant_network(state.actor, [0.0, 0.5])
+    loss, _ = bc.loss_fn(params, state, BATCH, cfg)
+    expected = np.mean((np.array([0.0, np.tanh(0.5)]) - np.asarray(BATCH.actions)) ** 2)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_iql_reward_scaling_follows_return_range(toy_dataset):
+    from offbench.algorithms.sampling import reward_transform
+
+    dataset = toy_dataset()
+    returns = np.asarray(dataset.episodes.returns)
+    scale, shift = reward_transform(dataset, iql.Config())
+    assert scale == pytest.approx(1000.0 / (returns.max() - returns.min()))
+    assert shift == 0.0
+
+
+def test_dataset_overrides_then_user_overrides():
+    algorithm = get_algorithm("iql")
+    cfg = resolve_config(algorithm.Config, "D4RL/antmaze/umaze-v1", algorithm.dataset_overrides,
+                         {"temperature": "5"})
+    assert cfg.expectile == 0.9 and cfg.reward_shift == -1.0 and cfg.reward_normalization == "none"
+    assert cfg.temperature == 5.0
+    locomotion = resolve_config(algorithm.Config, "mujoco/hopper/medium-v0", algorithm.dataset_overrides)
+    assert dataclasses.asdict(locomotion) == dataclasses.asdict(iql.Config())
+
+
+def test_unknown_hyper_parameter_and_algorithm_suggest_fixes():
+    with pytest.raises(ValueError, match="no hyper-parameter 'alhpa'.*Did you mean 'alpha'"):
+        resolve_config(td3bc.Config, "x", (), {"alhpa": 1})
+    with pytest.raises(ValueError, match="unknown algorithm 'td3_bc'.*Did you mean 'td3bc'"):
+        get_algorithm("td3_bc")
+    with pytest.raises(ValueError, match="not a valid int"):
+        resolve_config(td3bc.Config, "x", (), {"policy_freq": "two"})

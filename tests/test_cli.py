@@ -1,0 +1,108 @@
+"""The ``offbench run`` command: end to end, and clear errors that leave no partial files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from offbench.bench.cli import app, parse_seeds
+from offbench.datasets.sources import write_d4rl_hdf5
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize(("text", "seeds"), [("0-4", (0, 1, 2, 3, 4)), ("0,2,5", (0, 2, 5)), ("3", (3,)),
+                                              ("0-1,7", (0, 1, 7))])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["a-b", "4-1", "0,,1", "-3", "1,1", ""])
+def test_parse_seeds_rejects_bad_input(text):
+    with pytest.raises(typer.BadParameter):
+        parse_seeds(text)
+
+
+def assert_no_results(out):
+    assert not list(out.rglob("*.parquet")) and not list(out.rglob("*.tmp-*"))
+
+
+def test_run_end_to_end(hopper_minari, tmp_path):
+    out = tmp_path / "results"
+    result = invoke("run", "--algorithm", "iql", "--dataset", hopper_minari, "--seeds", "0-1", "--steps", "30",
+                    "--eval-every", "15", "--eval-episodes", "2", "--out", str(out), "-p", "hidden_dims=32,32")
+    assert result.exit_code == 0, result.output
+    assert "runs:" in result.output and "evals:" in result.output
+    runs = pd.read_parquet(out / "runs")
+    evals = pd.read_parquet(out / "evals")
+    assert sorted(runs["seed"]) == [0, 1] and len(evals) == 4
+    assert set(runs["algorithm"]) == {"iql"} and set(runs["sampler"]) == {"uniform"}
+
+
+def write_hopper_like(path, **replace):
+    n = 30
+    rng = np.random.default_rng(0)
+    arrays = {
+        "observations": rng.normal(size=(n, 11)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "terminals": np.zeros(n, bool),
+        "timeouts": np.eye(1, n, n - 1, dtype=bool)[0],
+    }
+    arrays.update(replace)
+    for key in [k for k, v in arrays.items() if v is None]:
+        del arrays[key]
+    return write_d4rl_hdf5(path, arrays)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--algorithm", "td3_bc"], "unknown algorithm 'td3_bc'"),
+        (["--seeds", "zero"], "cannot parse 'zero'"),
+        (["--dataset", "missing/file.hdf5"], "does not exist"),
+        (["--dataset", "test/hopper/noisey-v0"], "Did you mean 'test/hopper/noisy-v0'"),
+        (["--steps", "0"], "steps must be positive"),
+    ],
+)
+def test_run_errors_are_clear_and_write_nothing(hopper_minari, tmp_path, args, message):
+    out = tmp_path / "out"
+    base = {"--algorithm": "td3bc", "--dataset": hopper_minari, "--seeds": "0", "--steps": "10"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    result = invoke("run", *[x for pair in base.items() for x in pair], "--out", str(out))
+    assert result.exit_code == 2
+    assert message in result.output.replace("\n", " ") or message in result.output
+    assert_no_results(out)
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        ({"actions": None}, "no 'actions'"),
+        ({"rewards": np.zeros(29, np.float32)}, "mismatched lengths"),
+        ({"observations": np.full((30, 11), np.nan, np.float32)}, "NaN"),
+    ],
+)
+def test_run_refuses_bad_hdf5_files(tmp_path, replace, message):
+    path = write_hopper_like(tmp_path / "hopper-bad-v2.hdf5", **replace)
+    out = tmp_path / "out"
+    result = invoke("run", "--algorithm", "bc", "--dataset", str(path), "--steps", "10", "--out", str(out))
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert_no_results(out)
+
+
+def test_run_refuses_an_output_path_that_is_a_file(hopper_minari, tmp_path):
+    out = tmp_path / "taken"
+    out.write_text("not a directory")
+    result = invoke("run", "--algorithm", "bc", "--dataset", hopper_minari, "--steps", "10", "--out", str(out))
+    assert result.exit_code == 2 and "is a file" in result.output
+    assert out.read_text() == "not a directory"
