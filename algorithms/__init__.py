@@ -4,6 +4,10 @@ Register a new algorithm by adding its module to ``REGISTRY``; the module must d
 ``Config`` (a frozen dataclass subclassing ``BaseConfig``), ``State`` (a pytree with a ``step``
 field), ``init(key, dataset, cfg)``, ``update(state, batch, key, cfg)``, ``act(state, observations,
 cfg)`` and may define ``DATASET_OVERRIDES`` (per-dataset settings published by the authors).
+
+An algorithm that needs arrays derived from the whole dataset inside its update (PRDC's search
+table) defines ``shared_arrays(data, cfg)``: the engine computes it once per job, shares it across
+seeds (not vmapped) and passes it as ``update(state, batch, key, cfg, shared=...)``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ class Algorithm:
     @property
     def act(self) -> Callable:
         return self.module.act
+
+    @property
+    def shared_arrays(self) -> Callable | None:
+        return getattr(self.module, "shared_arrays", None)
 
     @property
     def dataset_overrides(self) -> tuple[tuple[str, dict[str, Any]], ...]:

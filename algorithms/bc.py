@@ -12,7 +12,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-
 from offbench.algorithms.config import BaseConfig
 from offbench.algorithms.nets import DeterministicActor
 from offbench.algorithms.sampling import Batch
@@ -60,8 +59,9 @@ def loss_fn(params: dict, state: State, batch: Batch, cfg: Config):
 def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[State, dict]:
     grads, info = jax.grad(loss_fn, has_aux=True)(state.actor, state, batch, cfg)
     updates, actor_opt = optax.adam(cfg.actor_lr).update(grads, state.actor_opt)
-    return state.replace(actor=optax.apply_updates(state.actor, updates), actor_opt=actor_opt,
-                         step=state.step + 1), info
+    return state.replace(
+        actor=optax.apply_updates(state.actor, updates), actor_opt=actor_opt, step=state.step + 1
+    ), info
 
 
 def act(state: State, observations: jax.Array, cfg: Config) -> jax.Array:

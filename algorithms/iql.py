@@ -15,7 +15,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-
 from offbench.algorithms.config import BaseConfig, RewardNormalization
 from offbench.algorithms.nets import CriticEnsemble, GaussianPolicy, ValueNetwork, gaussian_log_prob, polyak
 from offbench.algorithms.sampling import Batch
@@ -39,8 +38,16 @@ class Config(BaseConfig):
 
 # The official AntMaze settings: higher expectile and temperature, r - 1 instead of return scaling.
 DATASET_OVERRIDES = (
-    ("*antmaze*", {"expectile": 0.9, "temperature": 10.0, "reward_normalization": "none",
-                   "reward_scale": 1.0, "reward_shift": -1.0}),
+    (
+        "*antmaze*",
+        {
+            "expectile": 0.9,
+            "temperature": 10.0,
+            "reward_normalization": "none",
+            "reward_scale": 1.0,
+            "reward_shift": -1.0,
+        },
+    ),
 )
 
 
@@ -69,8 +76,10 @@ def networks(cfg: Config, action_dim: int) -> tuple[GaussianPolicy, CriticEnsemb
 def actor_optimizer(cfg: Config) -> optax.GradientTransformation:
     if not cfg.cosine_actor_lr:
         return optax.adam(cfg.actor_lr)
-    return optax.chain(optax.scale_by_adam(),
-                       optax.scale_by_schedule(optax.cosine_decay_schedule(-cfg.actor_lr, cfg.total_steps)))
+    return optax.chain(
+        optax.scale_by_adam(),
+        optax.scale_by_schedule(optax.cosine_decay_schedule(-cfg.actor_lr, cfg.total_steps)),
+    )
 
 
 def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:

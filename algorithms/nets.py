@@ -133,7 +133,9 @@ class CriticEnsemble(nn.Module):
             axis_size=self.num_critics,
         )
         inputs = jnp.concatenate([observations, actions], axis=-1)
-        return ensemble(self.hidden_dims, 1, self.activation, self.layer_norm, self.initialization)(inputs).squeeze(-1)
+        return ensemble(self.hidden_dims, 1, self.activation, self.layer_norm, self.initialization)(
+            inputs
+        ).squeeze(-1)
 
 
 class GaussianPolicy(nn.Module):
@@ -181,9 +183,7 @@ def gaussian_log_prob(mean: jax.Array, log_std: jax.Array, x: jax.Array) -> jax.
     return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
 
 
-def sample_tanh_gaussian(
-    key: jax.Array, mean: jax.Array, log_std: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+def sample_tanh_gaussian(key: jax.Array, mean: jax.Array, log_std: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Reparameterised tanh-Gaussian sample and its log-probability (with the tanh Jacobian)."""
     pre_tanh = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
     action = jnp.tanh(pre_tanh)

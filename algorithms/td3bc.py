@@ -13,7 +13,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-
 from offbench.algorithms.config import BaseConfig
 from offbench.algorithms.nets import CriticEnsemble, DeterministicActor, polyak
 from offbench.algorithms.sampling import Batch
@@ -101,8 +100,9 @@ def actor_loss(actor_params: dict, state: State, batch: Batch, cfg: Config):
 def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[State, dict]:
     grads, critic_info = jax.grad(critic_loss, has_aux=True)(state.critic, state, batch, key, cfg)
     updates, critic_opt = optax.adam(cfg.critic_lr).update(grads, state.critic_opt)
-    state = state.replace(critic=optax.apply_updates(state.critic, updates), critic_opt=critic_opt,
-                          step=state.step + 1)
+    state = state.replace(
+        critic=optax.apply_updates(state.critic, updates), critic_opt=critic_opt, step=state.step + 1
+    )
 
     def actor_step(state: State) -> tuple[State, dict]:
         grads, info = jax.grad(actor_loss, has_aux=True)(state.actor, state, batch, cfg)

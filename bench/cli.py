@@ -9,10 +9,21 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="offbench: JAX offline-RL benchmarks with vmapped seeds and tidy parquet results.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="offbench: JAX offline-RL benchmarks with vmapped seeds and tidy parquet results.",
+)
 console = Console(stderr=True)
 
 
@@ -55,15 +66,23 @@ def fail(message: str) -> None:
 def run(
     algorithm: Annotated[str, typer.Option(help="Algorithm name, e.g. td3bc, iql, bc.")],
     dataset: Annotated[str, typer.Option(help="Minari dataset id or path to a D4RL-format .hdf5 file.")],
-    seeds: Annotated[str, typer.Option(help="Seeds trained together (vmapped): '0-4', '0,2,5' or '3'.")] = "0-2",
+    seeds: Annotated[
+        str, typer.Option(help="Seeds trained together (vmapped): '0-4', '0,2,5' or '3'.")
+    ] = "0-2",
     steps: Annotated[int, typer.Option(help="Gradient updates per seed.")] = 10_000,
     eval_every: Annotated[int, typer.Option(help="Updates between evaluations.")] = 2_000,
     eval_episodes: Annotated[int, typer.Option(help="Episodes per seed at each evaluation.")] = 10,
     final_k: Annotated[int, typer.Option(help="Final score = mean of the last k evaluations.")] = 3,
-    out: Annotated[Path, typer.Option(help="Output directory for evals/ and runs/ parquet files.")] = Path("runs"),
-    hparam: Annotated[list[str], typer.Option("--hparam", "-p", help="Override a hyper-parameter: name=value (repeatable).")] = [],  # noqa: B006
+    out: Annotated[Path, typer.Option(help="Output directory for evals/ and runs/ parquet files.")] = Path(
+        "runs"
+    ),
+    hparam: Annotated[
+        list[str], typer.Option("--hparam", "-p", help="Override a hyper-parameter: name=value (repeatable).")
+    ] = [],  # noqa: B006
     env: Annotated[str | None, typer.Option(help="Evaluation env id, when the dataset names none.")] = None,
-    download: Annotated[bool, typer.Option(help="Download a missing Minari dataset (needs internet).")] = False,
+    download: Annotated[
+        bool, typer.Option(help="Download a missing Minari dataset (needs internet).")
+    ] = False,
 ) -> None:
     """Train and evaluate one algorithm on one dataset, several seeds at once."""
     from offbench.algorithms import UnknownAlgorithmError, get_algorithm
@@ -76,31 +95,54 @@ def run(
     try:
         get_algorithm(algorithm)
         results.check_output_dir(out)
-        job = Job(algorithm=algorithm, dataset=dataset, seeds=seed_values, steps=steps, eval_every=eval_every,
-                  eval_episodes=eval_episodes, hparams=parse_hparams(hparam), final_k=final_k, env_id=env,
-                  download=download)
+        job = Job(
+            algorithm=algorithm,
+            dataset=dataset,
+            seeds=seed_values,
+            steps=steps,
+            eval_every=eval_every,
+            eval_episodes=eval_episodes,
+            hparams=parse_hparams(hparam),
+            final_k=final_k,
+            env_id=env,
+            download=download,
+        )
         with console.status(f"loading {dataset}"):
             data = load_dataset(dataset, env_id=env, download=download)
         cfg = resolve(job, data)
     except (UnknownAlgorithmError, DatasetError, ValueError) as error:
         fail(str(error))
 
-    console.print(f"[bold]{algorithm}[/] on [bold]{data.spec.id}[/]: {data.size:,} transitions, "
-                  f"{data.num_episodes:,} episodes, seeds {list(seed_values)}, {steps:,} updates each")
+    console.print(
+        f"[bold]{algorithm}[/] on [bold]{data.spec.id}[/]: {data.size:,} transitions, "
+        f"{data.num_episodes:,} episodes, seeds {list(seed_values)}, {steps:,} updates each"
+    )
     if not data.spec.has_reference_scores:
-        console.print("[yellow]no reference scores for this dataset: normalized_score will be null; raw "
-                      "returns are recorded.[/]")
-    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[score]}"), TimeElapsedColumn(),
-               TimeRemainingColumn()]
+        console.print(
+            "[yellow]no reference scores for this dataset: normalized_score will be null; raw "
+            "returns are recorded.[/]"
+        )
+    columns = [
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[score]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("updates", total=steps, rate="compiling…", score="")
 
         def report(chunk) -> None:
-            score = (f"score {chunk.normalized_score:.1f}" if chunk.normalized_score is not None
-                     else f"return {chunk.return_mean:.1f}")
-            progress.update(task, completed=chunk.step, score=score,
-                            rate=f"{chunk.updates_per_second:,.0f} upd/s/seed")
+            score = (
+                f"score {chunk.normalized_score:.1f}"
+                if chunk.normalized_score is not None
+                else f"return {chunk.return_mean:.1f}"
+            )
+            progress.update(
+                task, completed=chunk.step, score=score, rate=f"{chunk.updates_per_second:,.0f} upd/s/seed"
+            )
 
         try:
             evals, runs = run_job(job, dataset=data, on_chunk=report)

@@ -12,9 +12,8 @@ from collections.abc import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
-
 from offbench.datasets.dataset import DatasetSpec
-from offbench.datasets.sources import make_env
+from offbench.datasets.sources import flatten_observation, make_env
 
 
 def reset_seeds(run_seed: int, episodes: int) -> list[int]:
@@ -26,8 +25,13 @@ def reset_seeds(run_seed: int, episodes: int) -> list[int]:
 class Evaluator:
     """Runs ``episodes`` episodes for each of ``seeds`` with one batched policy call per step."""
 
-    def __init__(self, spec: DatasetSpec, seeds: Sequence[int], episodes: int,
-                 env_factory: Callable[[], gym.Env] | None = None) -> None:
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        seeds: Sequence[int],
+        episodes: int,
+        env_factory: Callable[[], gym.Env] | None = None,
+    ) -> None:
         self.spec = spec
         self.num_seeds, self.episodes = len(seeds), episodes
         factory = env_factory or (lambda: make_env(spec))
@@ -35,14 +39,10 @@ class Evaluator:
         self.reset_seeds = [s for seed in seeds for s in reset_seeds(seed, episodes)]
         space = self.envs[0].action_space
         self.action_low, self.action_high = space.low, space.high
-        self.observation_space = self.envs[0].observation_space
-        self.flatten = spec.observation_keys is not None
         self.env_steps = 0
 
     def _observation(self, observation) -> np.ndarray:
-        if self.flatten:
-            return gym.spaces.flatten(self.observation_space, observation)
-        return np.asarray(observation, dtype=np.float32).reshape(-1)
+        return flatten_observation(observation, self.spec.observation_keys)
 
     def run(self, policy: Callable[[np.ndarray], np.ndarray], active: np.ndarray | None = None) -> np.ndarray:
         """Undiscounted returns, shape [seeds, episodes]; NaN for seeds marked inactive.

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from offbench.datasets.dataset import DatasetSpec
 
 SCHEMA_VERSION = 1
@@ -41,39 +40,45 @@ KEY_FIELDS = [
     pa.field("hparams_hash", pa.string()),
     pa.field("seed", pa.int64()),
 ]
-EVALS_SCHEMA = pa.schema(KEY_FIELDS + [
-    pa.field("step", pa.int64()),
-    pa.field("return_mean", pa.float64()),
-    pa.field("return_std", pa.float64()),
-    pa.field("episodes", pa.int64()),
-    pa.field("normalized_score", pa.float64()),
-    pa.field("wall_time_s", pa.float64()),
-    pa.field("status", pa.string()),
-])
-RUNS_SCHEMA = pa.schema(KEY_FIELDS + [
-    pa.field("steps", pa.int64()),
-    pa.field("final_score", pa.float64()),
-    pa.field("final_return", pa.float64()),
-    pa.field("best_score", pa.float64()),
-    pa.field("best_return", pa.float64()),
-    pa.field("final_k", pa.int64()),
-    pa.field("train_seconds", pa.float64()),
-    pa.field("compile_seconds", pa.float64()),
-    pa.field("eval_seconds", pa.float64()),
-    pa.field("updates_per_second", pa.float64()),
-    pa.field("seeds_in_job", pa.int64()),
-    pa.field("diverged_step", pa.int64()),
-    pa.field("status", pa.string()),
-    pa.field("ref_min_score", pa.float64()),
-    pa.field("ref_max_score", pa.float64()),
-    pa.field("ref_source", pa.string()),
-    pa.field("offbench_version", pa.string()),
-    pa.field("git_sha", pa.string()),
-    pa.field("jax_version", pa.string()),
-    pa.field("device", pa.string()),
-    pa.field("schema_version", pa.int64()),
-    pa.field("timestamp", pa.string()),
-])
+EVALS_SCHEMA = pa.schema(
+    KEY_FIELDS
+    + [
+        pa.field("step", pa.int64()),
+        pa.field("return_mean", pa.float64()),
+        pa.field("return_std", pa.float64()),
+        pa.field("episodes", pa.int64()),
+        pa.field("normalized_score", pa.float64()),
+        pa.field("wall_time_s", pa.float64()),
+        pa.field("status", pa.string()),
+    ]
+)
+RUNS_SCHEMA = pa.schema(
+    KEY_FIELDS
+    + [
+        pa.field("steps", pa.int64()),
+        pa.field("final_score", pa.float64()),
+        pa.field("final_return", pa.float64()),
+        pa.field("best_score", pa.float64()),
+        pa.field("best_return", pa.float64()),
+        pa.field("final_k", pa.int64()),
+        pa.field("train_seconds", pa.float64()),
+        pa.field("compile_seconds", pa.float64()),
+        pa.field("eval_seconds", pa.float64()),
+        pa.field("updates_per_second", pa.float64()),
+        pa.field("seeds_in_job", pa.int64()),
+        pa.field("diverged_step", pa.int64()),
+        pa.field("status", pa.string()),
+        pa.field("ref_min_score", pa.float64()),
+        pa.field("ref_max_score", pa.float64()),
+        pa.field("ref_source", pa.string()),
+        pa.field("offbench_version", pa.string()),
+        pa.field("git_sha", pa.string()),
+        pa.field("jax_version", pa.string()),
+        pa.field("device", pa.string()),
+        pa.field("schema_version", pa.int64()),
+        pa.field("timestamp", pa.string()),
+    ]
+)
 
 
 def hparams_json(cfg: Any) -> str:
@@ -85,8 +90,9 @@ def hparams_hash(cfg: Any) -> str:
 
 
 def job_name(algorithm: str, sampler: str, dataset: str, config_hash: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9.\-]+", "_", Path(dataset).name if dataset.endswith((".hdf5", ".h5"))
-                  else dataset).strip("_")
+    slug = re.sub(
+        r"[^A-Za-z0-9.\-]+", "_", Path(dataset).name if dataset.endswith((".hdf5", ".h5")) else dataset
+    ).strip("_")
     return f"{algorithm}-{sampler}__{slug}__{config_hash}"
 
 
@@ -99,8 +105,14 @@ def provenance() -> dict[str, Any]:
     except PackageNotFoundError:
         offbench_version = "unknown"
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = "unknown"
     device = jax.devices()[0]
@@ -143,28 +155,30 @@ def runs_frame(
         final_return = math.nan if diverged else float(last["return_mean"].mean())
         best_return = math.nan if diverged else float(seed_evals["return_mean"].max())
         final_score, best_score = (spec.normalized_score(final_return), spec.normalized_score(best_return))
-        rows.append({
-            **keys,
-            "seed": int(seed),
-            "steps": steps,
-            "final_score": None if final_score is None or diverged else float(final_score),
-            "final_return": final_return,
-            "best_score": None if best_score is None or diverged else float(best_score),
-            "best_return": best_return,
-            "final_k": final_k,
-            "train_seconds": train_seconds,
-            "compile_seconds": compile_seconds,
-            "eval_seconds": eval_seconds,
-            "updates_per_second": updates_per_second,
-            "seeds_in_job": len(seeds),
-            "diverged_step": int(diverged_step[index]) if diverged else None,
-            "status": "diverged" if diverged else "ok",
-            "ref_min_score": spec.ref_min_score,
-            "ref_max_score": spec.ref_max_score,
-            "ref_source": spec.ref_source,
-            **provenance(),
-            "timestamp": timestamp,
-        })
+        rows.append(
+            {
+                **keys,
+                "seed": int(seed),
+                "steps": steps,
+                "final_score": None if final_score is None or diverged else float(final_score),
+                "final_return": final_return,
+                "best_score": None if best_score is None or diverged else float(best_score),
+                "best_return": best_return,
+                "final_k": final_k,
+                "train_seconds": train_seconds,
+                "compile_seconds": compile_seconds,
+                "eval_seconds": eval_seconds,
+                "updates_per_second": updates_per_second,
+                "seeds_in_job": len(seeds),
+                "diverged_step": int(diverged_step[index]) if diverged else None,
+                "status": "diverged" if diverged else "ok",
+                "ref_min_score": spec.ref_min_score,
+                "ref_max_score": spec.ref_max_score,
+                "ref_source": spec.ref_source,
+                **provenance(),
+                "timestamp": timestamp,
+            }
+        )
     return pd.DataFrame(rows)[[f.name for f in RUNS_SCHEMA]]
 
 

@@ -10,6 +10,7 @@ follows exactly the computation of a single run with seed ``i``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -18,9 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from offbench.algorithms import Algorithm, get_algorithm
-from offbench.algorithms import sampling
+from offbench.algorithms import Algorithm, get_algorithm, sampling
 from offbench.algorithms.config import resolve_config
 from offbench.bench import results
 from offbench.bench.evaluate import Evaluator
@@ -56,13 +55,14 @@ def make_train_chunk(algorithm: Algorithm, cfg: Any, num_updates: int) -> Callab
     ``s``'s parameters are still finite. Nothing leaves the device inside the chunk.
     """
 
-    def chunk(states: Any, keys: jax.Array, data: sampling.TrainingData):
+    def chunk(states: Any, keys: jax.Array, data: sampling.TrainingData, shared: Any):
         axes = state_axes(states)
+        extra = {} if shared is None else {"shared": shared}
 
         def one_update(state: Any, key: jax.Array):
             key, sample_key, update_key = jax.random.split(key, 3)
             batch = sampling.sample(data, sample_key, cfg.batch_size)
-            state, metrics = algorithm.update(state, batch, update_key, cfg)
+            state, metrics = algorithm.update(state, batch, update_key, cfg, **extra)
             return state, key, metrics
 
         vmapped_update = jax.vmap(one_update, in_axes=(axes, 0), out_axes=(axes, 0, 0))
@@ -78,6 +78,11 @@ def make_train_chunk(algorithm: Algorithm, cfg: Any, num_updates: int) -> Callab
         return states, keys, metrics, finite
 
     return jax.jit(chunk, donate_argnums=(0, 1))
+
+
+def shared_arrays(algorithm: Algorithm, data: sampling.TrainingData, cfg: Any) -> Any:
+    """The algorithm's dataset-derived arrays shared by all seeds, or None."""
+    return None if algorithm.shared_arrays is None else algorithm.shared_arrays(data, cfg)
 
 
 def make_policy(algorithm: Algorithm, cfg: Any, data: sampling.TrainingData) -> Callable:
@@ -145,14 +150,18 @@ def run_job(
 ) -> tuple[Any, Any]:
     """Train and evaluate every seed of ``job``; return (evals table, runs table) as DataFrames."""
     algorithm = get_algorithm(job.algorithm)
-    dataset = dataset if dataset is not None else load_dataset(job.dataset, env_id=job.env_id,
-                                                              download=job.download)
+    dataset = (
+        dataset
+        if dataset is not None
+        else load_dataset(job.dataset, env_id=job.env_id, download=job.download)
+    )
     cfg = resolve(job, dataset)
     data = sampling.prepare(dataset, cfg)
     evaluator = Evaluator(dataset.spec, job.seeds, job.eval_episodes)
     init_keys, keys = seed_keys(job.seeds)
     states = init_states(algorithm, data, cfg, init_keys)
     policy = make_policy(algorithm, cfg, data)
+    shared = shared_arrays(algorithm, data, cfg)
     chunk_fns: dict[int, Callable] = {}
     num_seeds = len(job.seeds)
     diverged_step = np.full(num_seeds, -1, np.int64)
@@ -164,10 +173,12 @@ def run_job(
         length = min(job.eval_every, job.steps - step)
         if length not in chunk_fns:
             tic = time.perf_counter()
-            chunk_fns[length] = make_train_chunk(algorithm, cfg, length).lower(states, keys, data).compile()
+            chunk_fns[length] = (
+                make_train_chunk(algorithm, cfg, length).lower(states, keys, data, shared).compile()
+            )
             compile_seconds += time.perf_counter() - tic
         tic = time.perf_counter()
-        states, keys, metrics, finite = chunk_fns[length](states, keys, data)
+        states, keys, metrics, finite = chunk_fns[length](states, keys, data, shared)
         finite = np.asarray(finite)
         train_seconds += time.perf_counter() - tic
         step += length
@@ -175,7 +186,7 @@ def run_job(
         diverged_step[newly_diverged] = step
 
         tic = time.perf_counter()
-        episode_returns = evaluator.run(lambda obs: policy(states, obs), active=diverged_step < 0)
+        episode_returns = evaluator.run(functools.partial(policy, states), active=diverged_step < 0)
         eval_seconds += time.perf_counter() - tic
         wall = time.perf_counter() - started
         for i, seed in enumerate(job.seeds):
@@ -183,32 +194,53 @@ def run_job(
             seed_returns = episode_returns[i]
             return_mean = float(np.mean(seed_returns)) if status == "ok" else math.nan
             score = dataset.spec.normalized_score(return_mean) if status == "ok" else None
-            eval_rows.append({
-                "seed": int(seed), "step": step, "return_mean": return_mean,
-                "return_std": float(np.std(seed_returns)) if status == "ok" else math.nan,
-                "episodes": job.eval_episodes,
-                "normalized_score": None if score is None else float(score),
-                "wall_time_s": wall, "status": status,
-                **{f"metric_{k}": float(np.asarray(v)[i]) for k, v in metrics.items()},
-            })
+            eval_rows.append(
+                {
+                    "seed": int(seed),
+                    "step": step,
+                    "return_mean": return_mean,
+                    "return_std": float(np.std(seed_returns)) if status == "ok" else math.nan,
+                    "episodes": job.eval_episodes,
+                    "normalized_score": None if score is None else float(score),
+                    "wall_time_s": wall,
+                    "status": status,
+                    **{f"metric_{k}": float(np.asarray(v)[i]) for k, v in metrics.items()},
+                }
+            )
         if on_chunk is not None:
             ok = diverged_step < 0
             mean_return = float(np.mean(episode_returns[ok])) if ok.any() else math.nan
             score = dataset.spec.normalized_score(mean_return)
-            on_chunk(ChunkReport(step, step / max(train_seconds, 1e-9),
-                                 None if score is None or not ok.any() else float(score), mean_return))
+            on_chunk(
+                ChunkReport(
+                    step,
+                    step / max(train_seconds, 1e-9),
+                    None if score is None or not ok.any() else float(score),
+                    mean_return,
+                )
+            )
 
     keys_row = {
-        "suite": job.suite, "dataset": dataset.spec.id, "env": dataset.spec.env_id or "",
-        "algorithm": job.algorithm, "sampler": cfg.sampler,
-        "hparams": results.hparams_json(cfg), "hparams_hash": results.hparams_hash(cfg),
+        "suite": job.suite,
+        "dataset": dataset.spec.id,
+        "env": dataset.spec.env_id or "",
+        "algorithm": job.algorithm,
+        "sampler": cfg.sampler,
+        "hparams": results.hparams_json(cfg),
+        "hparams_hash": results.hparams_hash(cfg),
     }
     evals = results.evals_frame(keys_row, eval_rows)
     runs = results.runs_frame(
-        keys_row, evals, spec=dataset.spec, final_k=job.final_k,
-        train_seconds=train_seconds, compile_seconds=compile_seconds, eval_seconds=eval_seconds,
+        keys_row,
+        evals,
+        spec=dataset.spec,
+        final_k=job.final_k,
+        train_seconds=train_seconds,
+        compile_seconds=compile_seconds,
+        eval_seconds=eval_seconds,
         updates_per_second=job.steps / max(train_seconds, 1e-9),
-        steps=job.steps, diverged_step=diverged_step,
+        steps=job.steps,
+        diverged_step=diverged_step,
     )
     return evals, runs
 

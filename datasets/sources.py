@@ -67,6 +67,11 @@ def load_minari(dataset_id: str, *, download: bool = False, env_id: str | None =
     import minari
 
     local = set(minari.list_local_datasets())
+    if dataset_id not in local and (minari_datasets_path() / dataset_id / "data").is_dir():
+        raise DatasetError(
+            f"dataset {dataset_id!r} exists under {minari_datasets_path()} but Minari cannot read its "
+            "metadata: the files may be corrupt. Delete that folder and regenerate or re-download it."
+        )
     if dataset_id not in local and not download:
         raise DatasetError(
             f"unknown dataset {dataset_id!r}: not found under {minari_datasets_path()}."
@@ -87,23 +92,30 @@ def load_minari(dataset_id: str, *, download: bool = False, env_id: str | None =
     observation_space = minari_dataset.observation_space
     action_space = minari_dataset.action_space
     if not isinstance(action_space, gym.spaces.Box):
-        raise DatasetError(f"dataset {dataset_id!r} has a {type(action_space).__name__} action space; "
-                           "offbench supports continuous (Box) actions only.")
+        raise DatasetError(
+            f"dataset {dataset_id!r} has a {type(action_space).__name__} action space; "
+            "offbench supports continuous (Box) actions only."
+        )
     flat_space = gym.spaces.flatten_space(observation_space)
-    observation_keys = (
-        tuple(observation_space.spaces.keys()) if isinstance(observation_space, gym.spaces.Dict) else None
-    )
+    observation_keys = None
+    if isinstance(observation_space, gym.spaces.Dict):
+        # Minari stores a Dict space with sorted keys; that order is recorded in the spec and evaluation
+        # flattens each environment observation by the same keys (``flatten_observation``).
+        observation_keys = tuple(observation_space.spaces.keys())
+        unsupported = [k for k, v in observation_space.spaces.items() if not isinstance(v, gym.spaces.Box)]
+        if unsupported:
+            raise DatasetError(
+                f"dataset {dataset_id!r}: observation keys {unsupported} are not Box spaces; "
+                "offbench flattens Dict observations of Box entries only."
+            )
 
     def flatten(observations) -> np.ndarray:
-        # Dict observations (goal-conditioned sets) become one vector in the space's key order, the
-        # same function evaluation applies to each environment observation.
         if observation_keys is None:
             return np.asarray(observations, dtype=np.float32).reshape(len(observations), -1)
-        count = len(next(iter(observations.values())))
-        return np.stack(
-            [gym.spaces.flatten(observation_space, {k: observations[k][i] for k in observation_keys})
-             for i in range(count)]
-        ).astype(np.float32)
+        count = len(observations[observation_keys[0]])
+        return np.concatenate(
+            [np.asarray(observations[k], np.float32).reshape(count, -1) for k in observation_keys], axis=1
+        )
 
     # Minari keeps the evaluation env spec privately; it is what recover_environment(eval_env=True) uses.
     eval_spec = getattr(minari_dataset, "_eval_env_spec", None) or minari_dataset.spec.env_spec
@@ -146,8 +158,13 @@ def _read_hdf5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     arrays: dict[str, np.ndarray] = {}
     try:
         with h5py.File(path, "r") as f:
-            f.visititems(lambda key, item: arrays.__setitem__(key, item[()]) if isinstance(item, h5py.Dataset)
-                         and not key.startswith("metadata/policy") else None)
+            f.visititems(
+                lambda key, item: (
+                    arrays.__setitem__(key, item[()])
+                    if isinstance(item, h5py.Dataset) and not key.startswith("metadata/policy")
+                    else None
+                )
+            )
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     except OSError as error:
         raise DatasetError(
@@ -170,8 +187,10 @@ def load_d4rl_hdf5(path: str | Path, *, env_id: str | None = None) -> Dataset:
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise DatasetError(f"dataset file {path} does not exist. Check the path (relative paths are resolved "
-                           f"from {Path.cwd()}).")
+        raise DatasetError(
+            f"dataset file {path} does not exist. Check the path (relative paths are resolved "
+            f"from {Path.cwd()})."
+        )
     arrays, attrs = _read_hdf5(path)
     missing = [k for k in D4RL_REQUIRED_KEYS if k not in arrays]
     if missing:
@@ -186,14 +205,20 @@ def load_d4rl_hdf5(path: str | Path, *, env_id: str | None = None) -> Dataset:
     terminals = np.asarray(arrays["terminals"]).reshape(-1).astype(bool)
     n = rewards.shape[0]
     timeouts = np.asarray(arrays.get("timeouts", np.zeros(n, bool))).reshape(-1).astype(bool)
-    checked = [("observations", observations), ("actions", actions), ("terminals", terminals),
-               ("timeouts", timeouts)]
+    checked = [
+        ("observations", observations),
+        ("actions", actions),
+        ("terminals", terminals),
+        ("timeouts", timeouts),
+    ]
     if "next_observations" in arrays:
         checked.append(("next_observations", np.asarray(arrays["next_observations"])))
     for key, array in checked:
         if array.shape[0] != n:
-            raise DatasetError(f"{path}: mismatched lengths, 'rewards' has {n} rows but {key!r} has "
-                               f"{array.shape[0]}. Every key needs one row per step.")
+            raise DatasetError(
+                f"{path}: mismatched lengths, 'rewards' has {n} rows but {key!r} has "
+                f"{array.shape[0]}. Every key needs one row per step."
+            )
 
     if "next_observations" in arrays:
         next_observations = np.asarray(arrays["next_observations"], np.float32)
@@ -225,8 +250,10 @@ def load_d4rl_hdf5(path: str | Path, *, env_id: str | None = None) -> Dataset:
 
     action_dim = actions.shape[1] if actions.ndim == 2 else 0
     # write_d4rl_hdf5 stores list attributes as JSON strings.
-    low, high = (json.loads(v) if isinstance(v, str) else v
-                 for v in (attrs.get("action_low"), attrs.get("action_high")))
+    low, high = (
+        json.loads(v) if isinstance(v, str) else v
+        for v in (attrs.get("action_low"), attrs.get("action_high"))
+    )
     spec = DatasetSpec(
         id=str(path),
         source="d4rl-hdf5",
@@ -252,8 +279,9 @@ def load_d4rl_hdf5(path: str | Path, *, env_id: str | None = None) -> Dataset:
     )
 
 
-def write_d4rl_hdf5(path: str | Path, arrays: dict[str, np.ndarray],
-                    attrs: dict[str, object] | None = None) -> Path:
+def write_d4rl_hdf5(
+    path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[str, object] | None = None
+) -> Path:
     """Write flat D4RL-layout arrays (gzip) atomically: a killed write leaves no partial file."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -264,6 +292,13 @@ def write_d4rl_hdf5(path: str | Path, arrays: dict[str, np.ndarray],
             f.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
     os.replace(temporary, path)
     return path
+
+
+def flatten_observation(observation, observation_keys: tuple[str, ...] | None) -> np.ndarray:
+    """One environment observation as the flat float32 vector the dataset stores."""
+    if observation_keys is None:
+        return np.asarray(observation, dtype=np.float32).reshape(-1)
+    return np.concatenate([np.asarray(observation[k], np.float32).reshape(-1) for k in observation_keys])
 
 
 def make_env(spec: DatasetSpec, **kwargs) -> gym.Env:
@@ -278,5 +313,6 @@ def make_env(spec: DatasetSpec, **kwargs) -> gym.Env:
     try:
         return gym.make(spec.env_id, **kwargs)
     except gym.error.Error as error:
-        raise DatasetError(f"cannot create evaluation environment {spec.env_id!r} for dataset "
-                           f"{spec.id!r}: {error}") from error
+        raise DatasetError(
+            f"cannot create evaluation environment {spec.env_id!r} for dataset {spec.id!r}: {error}"
+        ) from error

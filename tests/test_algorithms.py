@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from offbench.algorithms import bc, get_algorithm, iql, td3bc
 from offbench.algorithms.config import resolve_config
 from offbench.algorithms.sampling import Batch
@@ -38,8 +37,9 @@ def constant_network(params, output_bias, output_layer: str | None = None):
 
     def set_bias(path, leaf):
         if path == last_bias_path:
-            return jnp.broadcast_to(jnp.asarray(output_bias, leaf.dtype).reshape(leaf.shape[:-1] + (-1,)),
-                                    leaf.shape)
+            return jnp.broadcast_to(
+                jnp.asarray(output_bias, leaf.dtype).reshape(leaf.shape[:-1] + (-1,)), leaf.shape
+            )
         return leaf
 
     return jax.tree_util.tree_map_with_path(set_bias, zeroed)
@@ -86,7 +86,8 @@ def test_td3bc_critic_loss_with_clipped_target_noise_matches_numpy(toy_dataset):
         return np.stack([numpy_mlp(m, np.concatenate([o, a], -1))[:, 0] for m in members])
 
     target = np.asarray(BATCH.rewards) + 0.99 * np.asarray(BATCH.masks) * critics(
-        state.critic_target, next_obs, next_actions).min(0)
+        state.critic_target, next_obs, next_actions
+    ).min(0)
     q = critics(state.critic, obs, np.asarray(BATCH.actions))
     assert float(loss) == pytest.approx(((q - target) ** 2).mean(1).sum(), rel=1e-5)
 
@@ -182,8 +183,9 @@ def test_iql_reward_scaling_follows_return_range(toy_dataset):
 
 def test_dataset_overrides_then_user_overrides():
     algorithm = get_algorithm("iql")
-    cfg = resolve_config(algorithm.Config, "D4RL/antmaze/umaze-v1", algorithm.dataset_overrides,
-                         {"temperature": "5"})
+    cfg = resolve_config(
+        algorithm.Config, "D4RL/antmaze/umaze-v1", algorithm.dataset_overrides, {"temperature": "5"}
+    )
     assert cfg.expectile == 0.9 and cfg.reward_shift == -1.0 and cfg.reward_normalization == "none"
     assert cfg.temperature == 5.0
     locomotion = resolve_config(algorithm.Config, "mujoco/hopper/medium-v0", algorithm.dataset_overrides)

@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
-from typer.testing import CliRunner
-
 from offbench.bench.cli import app, parse_seeds
 from offbench.datasets.sources import write_d4rl_hdf5
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -18,8 +17,9 @@ def invoke(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-@pytest.mark.parametrize(("text", "seeds"), [("0-4", (0, 1, 2, 3, 4)), ("0,2,5", (0, 2, 5)), ("3", (3,)),
-                                              ("0-1,7", (0, 1, 7))])
+@pytest.mark.parametrize(
+    ("text", "seeds"), [("0-4", (0, 1, 2, 3, 4)), ("0,2,5", (0, 2, 5)), ("3", (3,)), ("0-1,7", (0, 1, 7))]
+)
 def test_parse_seeds(text, seeds):
     assert parse_seeds(text) == seeds
 
@@ -36,8 +36,25 @@ def assert_no_results(out):
 
 def test_run_end_to_end(hopper_minari, tmp_path):
     out = tmp_path / "results"
-    result = invoke("run", "--algorithm", "iql", "--dataset", hopper_minari, "--seeds", "0-1", "--steps", "30",
-                    "--eval-every", "15", "--eval-episodes", "2", "--out", str(out), "-p", "hidden_dims=32,32")
+    result = invoke(
+        "run",
+        "--algorithm",
+        "iql",
+        "--dataset",
+        hopper_minari,
+        "--seeds",
+        "0-1",
+        "--steps",
+        "30",
+        "--eval-every",
+        "15",
+        "--eval-episodes",
+        "2",
+        "--out",
+        str(out),
+        "-p",
+        "hidden_dims=32,32",
+    )
     assert result.exit_code == 0, result.output
     assert "runs:" in result.output and "evals:" in result.output
     runs = pd.read_parquet(out / "runs")
@@ -103,6 +120,8 @@ def test_run_refuses_bad_hdf5_files(tmp_path, replace, message):
 def test_run_refuses_an_output_path_that_is_a_file(hopper_minari, tmp_path):
     out = tmp_path / "taken"
     out.write_text("not a directory")
-    result = invoke("run", "--algorithm", "bc", "--dataset", hopper_minari, "--steps", "10", "--out", str(out))
+    result = invoke(
+        "run", "--algorithm", "bc", "--dataset", hopper_minari, "--steps", "10", "--out", str(out)
+    )
     assert result.exit_code == 2 and "is a file" in result.output
     assert out.read_text() == "not a directory"

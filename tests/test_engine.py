@@ -8,11 +8,18 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-
 from offbench.algorithms import get_algorithm, sampling
 from offbench.bench import results
 from offbench.bench.evaluate import Evaluator, reset_seeds
-from offbench.bench.train import Job, init_states, make_train_chunk, run_job, seed_keys, state_axes
+from offbench.bench.train import (
+    Job,
+    init_states,
+    make_train_chunk,
+    run_job,
+    seed_keys,
+    shared_arrays,
+    state_axes,
+)
 from offbench.datasets.sources import load_dataset
 
 SMALL = {"hidden_dims": (32, 32), "batch_size": 16}
@@ -25,20 +32,26 @@ def train(toy_dataset, name: str, seeds: tuple[int, ...], updates: int = 12, **o
     init_keys, keys = seed_keys(seeds)
     states = init_states(algorithm, data, cfg, init_keys)
     chunk = make_train_chunk(algorithm, cfg, updates)
-    states, keys, metrics, finite = chunk(states, keys, data)
+    states, keys, metrics, finite = chunk(states, keys, data, shared_arrays(algorithm, data, cfg))
     return states, metrics, finite
 
 
 def seed_slice(states, index: int):
-    return jax.tree.map(lambda leaf, axis: leaf if axis is None else leaf[index], states, state_axes(states),
-                        is_leaf=lambda x: x is None)
+    return jax.tree.map(
+        lambda leaf, axis: leaf if axis is None else leaf[index],
+        states,
+        state_axes(states),
+        is_leaf=lambda x: x is None,
+    )
 
 
 @pytest.mark.parametrize("name", ["bc", "td3bc", "iql"])
 def test_vmapped_seed_equals_single_run(toy_dataset, name):
     together, _, _ = train(toy_dataset, name, (0, 7, 3))
     alone, _, _ = train(toy_dataset, name, (7,))
-    for a, b in zip(jax.tree.leaves(seed_slice(together, 1)), jax.tree.leaves(seed_slice(alone, 0)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(seed_slice(together, 1)), jax.tree.leaves(seed_slice(alone, 0)), strict=True
+    ):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert int(together.step) == 12  # the update counter is shared, not per seed
 
@@ -59,14 +72,17 @@ def test_a_diverged_seed_does_not_affect_the_others(toy_dataset):
     poisoned = jax.tree.map(lambda leaf: leaf.copy(), states)
     poisoned = poisoned.replace(critic=jax.tree.map(lambda leaf: leaf.at[0].set(np.nan), poisoned.critic))
     chunk = make_train_chunk(algorithm, cfg, 6)
-    clean_states, _, _, clean_finite = chunk(states, keys, data)
+    clean_states, _, _, clean_finite = chunk(states, keys, data, None)
     init_keys, keys = seed_keys((0, 1))
-    poisoned_states, _, metrics, finite = make_train_chunk(algorithm, cfg, 6)(poisoned, keys, data)
+    poisoned_states, _, metrics, finite = make_train_chunk(algorithm, cfg, 6)(poisoned, keys, data, None)
     assert np.asarray(finite).tolist() == [False, True]
     assert np.asarray(clean_finite).tolist() == [True, True]
     assert not np.isfinite(float(metrics["critic_loss"][0]))
-    for a, b in zip(jax.tree.leaves(seed_slice(poisoned_states, 1)), jax.tree.leaves(seed_slice(clean_states, 1)),
-                    strict=True):
+    for a, b in zip(
+        jax.tree.leaves(seed_slice(poisoned_states, 1)),
+        jax.tree.leaves(seed_slice(clean_states, 1)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -96,8 +112,16 @@ def test_evaluator_runs_each_episode_once_with_one_batched_call_per_step(hopper_
 
 
 def test_run_job_writes_tidy_rows(hopper_minari, tmp_path):
-    job = Job(algorithm="td3bc", dataset=hopper_minari, seeds=(0, 1), steps=40, eval_every=20, eval_episodes=2,
-              hparams=tuple(SMALL.items()), final_k=2)
+    job = Job(
+        algorithm="td3bc",
+        dataset=hopper_minari,
+        seeds=(0, 1),
+        steps=40,
+        eval_every=20,
+        eval_episodes=2,
+        hparams=tuple(SMALL.items()),
+        final_k=2,
+    )
     evals, runs = run_job(job)
     assert len(evals) == 4 and set(evals["step"]) == {20, 40}
     assert list(evals.columns[: len(results.EVALS_SCHEMA)]) == results.EVALS_SCHEMA.names
@@ -122,8 +146,16 @@ def test_run_job_writes_tidy_rows(hopper_minari, tmp_path):
 
 
 def test_run_job_records_divergence(hopper_minari):
-    job = Job(algorithm="bc", dataset=hopper_minari, seeds=(0, 1), steps=10, eval_every=5, eval_episodes=1,
-              hparams=(("hidden_dims", (8,)), ("reward_scale", 1e39)), final_k=1)
+    job = Job(
+        algorithm="bc",
+        dataset=hopper_minari,
+        seeds=(0, 1),
+        steps=10,
+        eval_every=5,
+        eval_episodes=1,
+        hparams=(("hidden_dims", (8,)), ("reward_scale", 1e39)),
+        final_k=1,
+    )
     # BC ignores rewards, so it must not diverge from a reward scale...
     _, runs = run_job(job)
     assert (runs["status"] == "ok").all()
