@@ -87,7 +87,7 @@ def run(
     """Train and evaluate one algorithm on one dataset, several seeds at once."""
     from offbench.algorithms import UnknownAlgorithmError, get_algorithm
     from offbench.bench import results
-    from offbench.bench.train import Job, resolve, run_job
+    from offbench.bench.train import Job, job_name, resolve, run_job
     from offbench.datasets.dataset import DatasetError
     from offbench.datasets.sources import load_dataset
 
@@ -107,9 +107,9 @@ def run(
             env_id=env,
             download=download,
         )
+        resolve(job)  # validates the hyper-parameters before the (slower) dataset load
         with console.status(f"loading {dataset}"):
             data = load_dataset(dataset, env_id=env, download=download)
-        cfg = resolve(job, data)
     except (UnknownAlgorithmError, DatasetError, ValueError) as error:
         fail(str(error))
 
@@ -148,11 +148,130 @@ def run(
             evals, runs = run_job(job, dataset=data, on_chunk=report)
         except ValueError as error:
             fail(str(error))
-    name = results.job_name(algorithm, cfg.sampler, data.spec.id, results.hparams_hash(cfg))
+    name = job_name(job)
     evals_path, runs_path = results.write_job(out, name, evals, runs)
     summary = runs[["seed", "final_score", "final_return", "status"]].to_string(index=False)
     console.print(summary)
     print(f"evals: {evals_path}\nruns:  {runs_path}")
+
+
+@app.command()
+def sweep(
+    suite: Annotated[
+        str, typer.Argument(help="Built-in suite name (default, ci, ...) or a suite TOML file.")
+    ],
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: results/<suite>).")] = None,
+    executor: Annotated[str, typer.Option(help="local, or ray for one Ray task per job.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
+) -> None:
+    """Run every job of a suite (seeds vmapped inside each job); reruns skip finished jobs."""
+    from offbench.bench.suite import SuiteError, load_suite
+    from offbench.bench.sweep import plan, run_local, run_ray
+
+    try:
+        suite_spec = load_suite(suite)
+        out = out or Path("results") / suite_spec.name
+        with console.status("validating the suite and preparing datasets"):
+            todo, done = plan(suite_spec, out)
+    except (SuiteError, ValueError) as error:
+        fail(str(error))
+    console.print(
+        f"suite [bold]{suite_spec.name}[/]: {len(todo) + len(done)} jobs, {len(done)} already "
+        f"finished, seeds {list(suite_spec.seeds)} per job, output {out}"
+    )
+    if executor == "ray":
+        finished, failed = run_ray(todo, out, address)
+    elif executor == "local":
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[detail]}"),
+        ]
+        with Progress(*columns, console=console) as progress:
+            finished, failed = run_local(todo, out, progress)
+    else:
+        fail(f"unknown executor {executor!r}: use 'local' or 'ray'.")
+    console.print(f"finished {len(finished)} jobs, skipped {len(done)}, failed {len(failed)}")
+    for name, message in failed.items():
+        console.print(f"[red]failed[/] {name}: {message} (details in {out / 'failures' / (name + '.json')})")
+    print(f"results: {out}")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def report(
+    results_dir: Annotated[Path, typer.Argument(help="Results directory holding runs/ and evals/.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the report (default: the results directory).")
+    ] = None,
+    reps: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the per-dataset and aggregate intervals.")
+    ] = 50_000,
+    profile_reps: Annotated[
+        int, typer.Option(help="Bootstrap resamples for performance-profile and learning-curve bands.")
+    ] = 2_000,
+    seed: Annotated[int, typer.Option(help="Seed of every bootstrap (same seed, same report).")] = 0,
+) -> None:
+    """Write LEADERBOARD.md, leaderboard.html and PNG plots for a results directory."""
+    from offbench.bench.report import ReportError, write_report
+
+    try:
+        with console.status(f"reporting {results_dir}"):
+            paths = write_report(results_dir, out, reps=reps, profile_reps=profile_reps, seed=seed)
+    except ReportError as error:
+        fail(str(error))
+    print("\n".join(str(path) for path in paths))
+
+
+@app.command()
+def check(
+    results: Annotated[Path, typer.Option(help="Results directory whose runs/ are checked.")],
+    baseline: Annotated[Path, typer.Option(help="Baseline runs parquet, e.g. results/ci/baseline.parquet.")],
+    write_baseline: Annotated[
+        bool,
+        typer.Option("--write-baseline", help="Write BASELINE from the results' runs instead of checking."),
+    ] = False,
+    alpha: Annotated[float, typer.Option(help="One-sided test level per pair.")] = 0.05,
+    abs_tol: Annotated[float, typer.Option(help="Smallest allowed drop, in score (or return) units.")] = 1.0,
+    rel_tol: Annotated[
+        float, typer.Option(help="Smallest allowed drop, as a fraction of the baseline mean.")
+    ] = 0.02,
+) -> None:
+    """Fail (exit 1) when final scores regress beyond seed noise relative to a baseline."""
+    from offbench.bench import check as checking
+    from rich.console import Console as StdoutConsole
+
+    try:
+        if write_baseline:
+            print(f"baseline: {checking.write_baseline(results, baseline)}")
+            return
+        pairs = checking.compare(
+            checking.read_results_runs(results),
+            checking.read_runs(baseline, "baseline"),
+            alpha=alpha,
+            abs_tol=abs_tol,
+            rel_tol=rel_tol,
+        )
+    except checking.CheckError as error:
+        fail(str(error))
+    # The verdict table is the command's output, so it goes to stdout (CI logs), wide enough not to wrap.
+    StdoutConsole(width=160, highlight=False).print(checking.verdict_table(pairs))
+    failures = [pair for pair in pairs if pair.failed]
+    for pair in failures:
+        reason = {
+            "MISSING": "is in the baseline but has no runs in the results",
+            "DIVERGED": "has more diverged or failed seeds than the baseline",
+            "REGRESSED": "fell below the baseline by more than the seed noise allows",
+        }[pair.verdict]
+        console.print(f"[bold red]{pair.name}[/] {reason} ({pair.note or f'delta {pair.delta:+.2f}'}).")
+    if failures:
+        console.print(f"[bold red]check failed:[/] {len(failures)} of {len(pairs)} pairs.")
+        raise typer.Exit(code=1)
+    console.print(f"[green]check passed:[/] {len(pairs)} pairs.")
 
 
 @app.command("algorithms")

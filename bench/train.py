@@ -14,6 +14,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from offbench.algorithms import Algorithm, get_algorithm, sampling
 from offbench.algorithms.config import resolve_config
-from offbench.bench import results
+from offbench.bench import checkpoint, results
 from offbench.bench.evaluate import Evaluator
 from offbench.datasets.dataset import Dataset
 from offbench.datasets.sources import load_dataset
@@ -137,25 +138,36 @@ class ChunkReport:
     return_mean: float
 
 
-def resolve(job: Job, dataset: Dataset) -> Any:
+def resolve(job: Job) -> Any:
+    """The job's config: paper defaults, then per-dataset overrides matched on the id, then the job's."""
     algorithm = get_algorithm(job.algorithm)
     overrides = {"total_steps": job.steps, **dict(job.hparams)}
-    return resolve_config(algorithm.Config, dataset.spec.id, algorithm.dataset_overrides, overrides)
+    return resolve_config(algorithm.Config, job.dataset, algorithm.dataset_overrides, overrides)
+
+
+def job_name(job: Job) -> str:
+    cfg = resolve(job)
+    return results.job_name(job.algorithm, cfg.sampler, job.dataset, results.hparams_hash(cfg))
 
 
 def run_job(
     job: Job,
     dataset: Dataset | None = None,
     on_chunk: Callable[[ChunkReport], None] | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> tuple[Any, Any]:
-    """Train and evaluate every seed of ``job``; return (evals table, runs table) as DataFrames."""
+    """Train and evaluate every seed of ``job``; return (evals table, runs table) as DataFrames.
+
+    With ``checkpoint_dir`` the job saves its state after every chunk and, when started again,
+    resumes from the last saved chunk: the rows are identical to an uninterrupted run's.
+    """
     algorithm = get_algorithm(job.algorithm)
     dataset = (
         dataset
         if dataset is not None
         else load_dataset(job.dataset, env_id=job.env_id, download=job.download)
     )
-    cfg = resolve(job, dataset)
+    cfg = resolve(job)
     data = sampling.prepare(dataset, cfg)
     evaluator = Evaluator(dataset.spec, job.seeds, job.eval_episodes)
     init_keys, keys = seed_keys(job.seeds)
@@ -167,7 +179,20 @@ def run_job(
     diverged_step = np.full(num_seeds, -1, np.int64)
     eval_rows: list[dict[str, Any]] = []
     train_seconds = eval_seconds = compile_seconds = 0.0
-    step, started = 0, time.perf_counter()
+    step, wall_offset = 0, 0.0
+    fingerprint = f"{results.hparams_hash(cfg)}:{job.seeds}:{job.steps}:{job.eval_every}:{job.eval_episodes}"
+    if checkpoint_dir is not None:
+        restored = checkpoint.load(
+            checkpoint_dir, {"states": states, "keys": jax.random.key_data(keys)}, fingerprint
+        )
+        if restored is not None:
+            tree, progress = restored
+            states, keys = tree["states"], jax.random.wrap_key_data(tree["keys"])
+            step, wall_offset = progress["step"], progress["wall_time_s"]
+            diverged_step = np.asarray(progress["diverged_step"], np.int64)
+            eval_rows = progress["eval_rows"]
+            train_seconds, eval_seconds = progress["train_seconds"], progress["eval_seconds"]
+    started = time.perf_counter() - wall_offset
 
     while step < job.steps:
         length = min(job.eval_every, job.steps - step)
@@ -219,6 +244,19 @@ def run_job(
                     mean_return,
                 )
             )
+        if checkpoint_dir is not None and step < job.steps:
+            progress = {
+                "fingerprint": fingerprint,
+                "step": step,
+                "wall_time_s": wall,
+                "diverged_step": diverged_step.tolist(),
+                "eval_rows": eval_rows,
+                "train_seconds": train_seconds,
+                "eval_seconds": eval_seconds,
+            }
+            tree = {"states": states, "keys": jax.random.key_data(keys)}
+            checkpoint.save(checkpoint_dir, step, tree, progress)
+    evaluator.close()
 
     keys_row = {
         "suite": job.suite,
@@ -243,7 +281,3 @@ def run_job(
         diverged_step=diverged_step,
     )
     return evals, runs
-
-
-def job_name(job: Job, cfg: Any) -> str:
-    return results.job_name(job.algorithm, cfg.sampler, job.dataset, results.hparams_hash(cfg))

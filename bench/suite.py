@@ -1,0 +1,256 @@
+"""What a benchmark is: a suite file (TOML) expanded into jobs.
+
+A suite names datasets (ids or glob patterns), algorithms with their samplers and hyper-parameter
+grids, seeds, the number of updates, the evaluation schedule and the final-score rule::
+
+    name = "default"
+    datasets = ["offbench/hopper/medium-v0", "offbench/*/medium-replay-v0"]
+    seeds = "0-4"            # or a list [0, 1, 2]
+    steps = 20000
+    eval_every = 5000
+    eval_episodes = 10
+    final_k = 2              # final score = mean of the last k evaluations
+
+    [[algorithms]]
+    name = "td3bc"
+    samplers = ["uniform", "aw"]
+    hparams = { hidden_dims = [256, 256] }   # fixed overrides
+    grid = { alpha = [2.5, 5.0] }            # one job per combination
+
+Seeds are not separate jobs: they train together, vmapped, inside each job. Everything is validated
+before any training starts, with errors that name the bad key or value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import itertools
+import tomllib
+from collections.abc import Callable, Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from offbench.algorithms import REGISTRY, get_algorithm
+from offbench.algorithms.config import config_fields, resolve_config
+from offbench.algorithms.sampling import SAMPLERS
+from offbench.bench.train import Job
+from offbench.datasets.dataset import suggest
+
+SUITE_KEYS = {
+    "name",
+    "description",
+    "datasets",
+    "seeds",
+    "steps",
+    "eval_every",
+    "eval_episodes",
+    "final_k",
+    "algorithms",
+}
+ALGORITHM_KEYS = {"name", "samplers", "hparams", "grid"}
+
+
+class SuiteError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmEntry:
+    name: str
+    samplers: tuple[str, ...]
+    hparams: tuple[tuple[str, Any], ...]
+    grid: tuple[tuple[str, tuple[Any, ...]], ...]
+
+    def settings(self) -> list[tuple[tuple[str, Any], ...]]:
+        """Every (sampler x grid point) as a tuple of hyper-parameter overrides."""
+        names = [name for name, _ in self.grid]
+        combos = itertools.product(*[values for _, values in self.grid]) if self.grid else [()]
+        out = []
+        for sampler, combo in itertools.product(self.samplers, list(combos)):
+            out.append((*self.hparams, ("sampler", sampler), *zip(names, combo, strict=True)))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    eval_every: int
+    eval_episodes: int
+    final_k: int
+    algorithms: tuple[AlgorithmEntry, ...]
+
+    def jobs(self, dataset_ids: Iterable[str]) -> list[Job]:
+        """Algorithm x dataset x hyper-parameter jobs, in a stable order."""
+        return [
+            Job(
+                algorithm=entry.name,
+                dataset=dataset,
+                seeds=self.seeds,
+                steps=self.steps,
+                eval_every=self.eval_every,
+                eval_episodes=self.eval_episodes,
+                hparams=setting,
+                final_k=self.final_k,
+                suite=self.name,
+            )
+            for dataset in dataset_ids
+            for entry in self.algorithms
+            for setting in entry.settings()
+        ]
+
+
+def builtin_suites() -> dict[str, Path]:
+    folder = resources.files("offbench.bench") / "suites"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".toml")}
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A built-in suite by name (``default``, ``ci``, ...) or a TOML file by path."""
+    path = Path(name_or_path)
+    if not path.exists():
+        suites = builtin_suites()
+        if name_or_path not in suites:
+            raise SuiteError(
+                f"unknown suite {name_or_path!r}: not a file and not a built-in suite."
+                f"{suggest(name_or_path, list(suites))} Built-in: {', '.join(sorted(suites))}."
+            )
+        path = suites[name_or_path]
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise SuiteError(f"{path} is not valid TOML: {error}.") from error
+    return parse_suite(raw, default_name=path.stem, source=str(path))
+
+
+def _unknown(keys: Iterable[str], allowed: set[str], where: str) -> None:
+    for key in keys:
+        if key not in allowed:
+            raise SuiteError(
+                f"{where}: unknown key {key!r}.{suggest(key, sorted(allowed))} "
+                f"Allowed keys: {', '.join(sorted(allowed))}."
+            )
+
+
+def _positive_int(raw: dict[str, Any], key: str, default: int | None, where: str) -> int:
+    value = raw.get(key, default)
+    if value is None:
+        raise SuiteError(f"{where}: missing required key {key!r}.")
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise SuiteError(f"{where}: {key} must be a positive integer, got {value!r}.")
+    return value
+
+
+def parse_seeds(value: Any, where: str) -> tuple[int, ...]:
+    if isinstance(value, str):
+        from offbench.bench.cli import parse_seeds as parse_text
+
+        try:
+            return parse_text(value)
+        except Exception as error:  # typer.BadParameter carries the readable message
+            raise SuiteError(f"{where}: {error}") from error
+    if isinstance(value, list) and value and all(isinstance(v, int) and v >= 0 for v in value):
+        if len(set(value)) != len(value):
+            raise SuiteError(f"{where}: seeds repeat a value: {value}.")
+        return tuple(value)
+    raise SuiteError(
+        f"{where}: seeds must be a string like '0-4' or a list of non-negative integers, got {value!r}."
+    )
+
+
+def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = "suite") -> Suite:
+    _unknown(raw, SUITE_KEYS, source)
+    datasets = raw.get("datasets")
+    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) for d in datasets):
+        raise SuiteError(f"{source}: 'datasets' must be a non-empty list of dataset ids or glob patterns.")
+    entries = raw.get("algorithms")
+    if not isinstance(entries, list) or not entries:
+        raise SuiteError(f"{source}: add at least one [[algorithms]] table with a 'name'.")
+    algorithms = []
+    for index, entry in enumerate(entries):
+        where = f"{source}: algorithms[{index}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise SuiteError(f"{where}: each [[algorithms]] table needs a 'name'.")
+        _unknown(entry, ALGORITHM_KEYS, f"{where} ({entry['name']})")
+        name = entry["name"]
+        if name not in REGISTRY:
+            raise SuiteError(
+                f"{where}: unknown algorithm {name!r}.{suggest(name, list(REGISTRY))} "
+                f"Available: {', '.join(sorted(REGISTRY))}."
+            )
+        config_type = get_algorithm(name).Config
+        fields = config_fields(config_type)
+        samplers = entry.get("samplers", ["uniform"])
+        for sampler in samplers:
+            if sampler not in SAMPLERS:
+                raise SuiteError(
+                    f"{where} ({name}): unknown sampler {sampler!r}.{suggest(sampler, SAMPLERS)} "
+                    f"Available: {', '.join(SAMPLERS)}."
+                )
+        hparams = entry.get("hparams", {})
+        grid = entry.get("grid", {})
+        for kind, table in (("hparams", hparams), ("grid", grid)):
+            if not isinstance(table, dict):
+                raise SuiteError(f"{where} ({name}): '{kind}' must be a table of name = value.")
+            for key in table:
+                if key not in fields or key in {"sampler", "total_steps"}:
+                    raise SuiteError(
+                        f"{where} ({name}): {kind} key {key!r} is not a hyper-parameter of "
+                        f"{name}.{suggest(key, list(fields))} Known: {', '.join(sorted(fields))}."
+                    )
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise SuiteError(f"{where} ({name}): grid.{key} must be a non-empty list of values.")
+        converted_grid = tuple((k, tuple(_freeze(v) for v in values)) for k, values in grid.items())
+        algorithm = AlgorithmEntry(
+            name=name,
+            samplers=tuple(samplers),
+            hparams=tuple((k, _freeze(v)) for k, v in hparams.items()),
+            grid=converted_grid,
+        )
+        for setting in algorithm.settings():  # every combination must build a valid config
+            try:
+                resolve_config(config_type, "validation", (), dict(setting))
+            except (TypeError, ValueError) as error:
+                raise SuiteError(f"{where} ({name}): {error}") from error
+        algorithms.append(algorithm)
+
+    return Suite(
+        name=str(raw.get("name", default_name)),
+        description=str(raw.get("description", "")),
+        datasets=tuple(datasets),
+        seeds=parse_seeds(raw.get("seeds", "0-4"), source),
+        steps=_positive_int(raw, "steps", None, source),
+        eval_every=_positive_int(raw, "eval_every", None, source),
+        eval_episodes=_positive_int(raw, "eval_episodes", 10, source),
+        final_k=_positive_int(raw, "final_k", 1, source),
+        algorithms=tuple(algorithms),
+    )
+
+
+def _freeze(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def expand_datasets(patterns: Iterable[str], available: Callable[[], list[str]]) -> list[str]:
+    """Resolve ids and glob patterns against the available dataset ids; paths pass through."""
+    ids: list[str] = []
+    known: list[str] | None = None
+    for pattern in patterns:
+        if not any(ch in pattern for ch in "*?["):
+            ids.append(pattern)
+            continue
+        known = available() if known is None else known
+        matches = sorted(fnmatch.filter(known, pattern))
+        if not matches:
+            raise SuiteError(
+                f"dataset pattern {pattern!r} matches no available dataset.{suggest(pattern, known)} "
+                f"Generate offbench's datasets (`offbench datasets generate`) or fix the pattern."
+            )
+        ids.extend(matches)
+    return list(dict.fromkeys(ids))

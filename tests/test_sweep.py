@@ -1,0 +1,173 @@
+"""Suites and sweeps: validation before training, resume after SIGKILL, failures recorded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from offbench.bench.suite import SuiteError, builtin_suites, load_suite, parse_suite
+from offbench.bench.sweep import plan, sweep
+
+TIMING_COLUMNS = {"wall_time_s", "train_seconds", "compile_seconds", "eval_seconds", "updates_per_second",
+                  "timestamp", "git_sha"}
+
+
+def suite_toml(dataset: str, steps: int = 60, extra: str = "") -> str:
+    return f"""
+name = "tiny"
+datasets = ["{dataset}"]
+seeds = "0-1"
+steps = {steps}
+eval_every = 20
+eval_episodes = 1
+final_k = 2
+
+[[algorithms]]
+name = "td3bc"
+hparams = {{ hidden_dims = [16, 16], batch_size = 32 }}
+{extra}
+"""
+
+
+def test_builtin_suites_parse():
+    for name in builtin_suites():
+        suite = load_suite(name)
+        assert suite.algorithms and suite.datasets
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda s: s.replace('name = "td3bc"', 'name = "td3_bc"'), "unknown algorithm 'td3_bc'"),
+        (lambda s: s.replace("hidden_dims", "hiden_dims"), "'hiden_dims' is not a hyper-parameter of td3bc"),
+        (lambda s: s + 'grid = { alhpa = [1.0, 2.0] }\n', "'alhpa' is not a hyper-parameter"),
+        (lambda s: s.replace("steps = 60", "step = 60"), "unknown key 'step'"),
+        (lambda s: s.replace('seeds = "0-1"', 'seeds = "one"'), "cannot parse 'one'"),
+        (lambda s: s + 'samplers = ["fancy"]\n', "unknown sampler 'fancy'"),
+        (lambda s: s.replace("eval_every = 20", "eval_every = 0"), "eval_every must be a positive integer"),
+    ],
+)
+def test_bad_suites_are_refused_with_clear_errors(mutate, message):
+    import tomllib
+
+    with pytest.raises(SuiteError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_suite(tomllib.loads(mutate(suite_toml("x/y-v0"))))
+
+
+def test_grid_expands_into_jobs_with_seeds_inside():
+    import tomllib
+
+    suite = parse_suite(tomllib.loads(suite_toml("a/b-v0", extra='grid = { alpha = [1.0, 2.0, 3.0] }')))
+    jobs = suite.jobs(["a/b-v0", "a/c-v0"])
+    assert len(jobs) == 6 and all(job.seeds == (0, 1) for job in jobs)
+    assert sorted({dict(job.hparams)["alpha"] for job in jobs}) == [1.0, 2.0, 3.0]
+
+
+def test_unknown_dataset_and_bad_output_dir_fail_before_training(hopper_minari, tmp_path):
+    import tomllib
+
+    suite = parse_suite(tomllib.loads(suite_toml("test/hopper/noisey-v0")))
+    with pytest.raises(SuiteError, match="unknown dataset 'test/hopper/noisey-v0'.*test/hopper/noisy-v0"):
+        plan(suite, tmp_path / "out")
+    glob_suite = parse_suite(tomllib.loads(suite_toml("nothing/*")))
+    with pytest.raises(SuiteError, match="matches no available dataset"):
+        plan(glob_suite, tmp_path / "out")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        plan(parse_suite(tomllib.loads(suite_toml(hopper_minari))), a_file)
+    assert not (tmp_path / "out").exists()
+
+
+def test_incompatible_schema_version_is_refused(hopper_minari, tmp_path):
+    import tomllib
+
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    pd.DataFrame({"schema_version": [0]}).to_parquet(out / "runs" / "old.parquet")
+    with pytest.raises(ValueError, match="schema version 0"):
+        plan(parse_suite(tomllib.loads(suite_toml(hopper_minari))), out)
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "offbench.bench.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    columns = [c for c in frame.columns if c not in TIMING_COLUMNS]
+    return frame[columns].sort_values(["seed", *(["step"] if "step" in frame else [])]).reset_index(drop=True)
+
+
+def test_sigkill_mid_job_then_rerun_gives_the_uninterrupted_rows(hopper_minari, minari_root, tmp_path):
+    suite_file = tmp_path / "tiny.toml"
+    suite_file.write_text(suite_toml(hopper_minari, steps=100))
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root)}
+
+    reference = tmp_path / "reference"
+    finished = run_cli(["sweep", str(suite_file), "--out", str(reference)], env)
+    assert finished.wait(timeout=600) == 0, finished.stdout.read()
+
+    interrupted = tmp_path / "interrupted"
+    process = run_cli(["sweep", str(suite_file), "--out", str(interrupted)], env)
+    deadline = time.time() + 600
+    while not list(interrupted.glob("checkpoints/*/progress.json")):
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not list((interrupted / "runs").glob("*.parquet")) if (interrupted / "runs").exists() else True
+
+    resumed = run_cli(["sweep", str(suite_file), "--out", str(interrupted)], env)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    for table in ("evals", "runs"):
+        expected = comparable(pd.read_parquet(reference / table))
+        actual = comparable(pd.read_parquet(interrupted / table))
+        pd.testing.assert_frame_equal(actual, expected)
+    assert not list(interrupted.rglob("*.tmp-*"))
+    assert not (interrupted / "checkpoints").exists() or not any((interrupted / "checkpoints").iterdir())
+
+    again = run_cli(["sweep", str(suite_file), "--out", str(interrupted)], env)
+    output = again.communicate(timeout=600)[0]
+    assert "1 already finished" in " ".join(output.split())
+    assert len(pd.read_parquet(interrupted / "runs")) == 2  # no duplicates
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(hopper_minari, tmp_path, monkeypatch):
+    import tomllib
+
+    from offbench.bench import sweep as sweep_module
+
+    suite = parse_suite(tomllib.loads(suite_toml(hopper_minari, steps=20, extra='grid = { alpha = [1.0, 2.0] }')))
+    original = sweep_module.run_and_write
+
+    def flaky(job, out, **kwargs):
+        if dict(job.hparams)["alpha"] == 1.0:
+            raise RuntimeError("simulated crash")
+        return original(job, out, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "run_and_write", flaky)
+    summary = sweep(suite, tmp_path)
+    assert summary.total == 2 and len(summary.finished) == 1 and len(summary.failed) == 1
+    (failure,) = (tmp_path / "failures").glob("*.json")
+    assert "simulated crash" in failure.read_text()
+    assert len(pd.read_parquet(tmp_path / "runs")) == 2  # the other job's two seeds
+
+    monkeypatch.setattr(sweep_module, "run_and_write", original)
+    summary = sweep(suite, tmp_path)  # the failed job runs again; the finished one is skipped
+    assert summary.skipped == 1 and len(summary.finished) == 1 and not summary.failed
+    assert not list((tmp_path / "failures").glob("*.json"))
+
+
+def test_suite_files_ship_with_the_package():
+    assert {"default", "ci"} <= set(builtin_suites()), builtin_suites()
+    assert all(Path(p).exists() for p in builtin_suites().values())
