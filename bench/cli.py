@@ -262,16 +262,75 @@ def check(
     StdoutConsole(width=160, highlight=False).print(checking.verdict_table(pairs))
     failures = [pair for pair in pairs if pair.failed]
     for pair in failures:
-        reason = {
-            "MISSING": "is in the baseline but has no runs in the results",
-            "DIVERGED": "has more diverged or failed seeds than the baseline",
-            "REGRESSED": "fell below the baseline by more than the seed noise allows",
-        }[pair.verdict]
-        console.print(f"[bold red]{pair.name}[/] {reason} ({pair.note or f'delta {pair.delta:+.2f}'}).")
+        console.print(f"[red]✗[/] {pair.explanation()}", highlight=False)
     if failures:
         console.print(f"[bold red]check failed:[/] {len(failures)} of {len(pairs)} pairs.")
         raise typer.Exit(code=1)
     console.print(f"[green]check passed:[/] {len(pairs)} pairs.")
+
+
+datasets_app = typer.Typer(no_args_is_help=True, help="Generate, list and inspect datasets.")
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.command("generate")
+def datasets_generate(
+    env: Annotated[
+        list[str], typer.Option(help="hopper, halfcheetah, walker2d (repeatable; default all).")
+    ] = [],  # noqa: B006
+    size: Annotated[int, typer.Option(help="Transitions per base dataset.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives identical arrays.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace datasets that already exist.")] = False,
+) -> None:
+    """Generate offbench/<env>/* datasets from the committed behaviour policies (no internet)."""
+    from offbench.datasets.dataset import DatasetError
+    from offbench.datasets.generate import catalog
+
+    envs = env or list(catalog.ENVS)
+    try:
+        for name in envs:
+            catalog.check_env(name)
+        for name in envs:
+            with console.status(f"generating offbench/{name}/*"):
+                written = catalog.generate_env(
+                    name, size=size, seed=seed, overwrite=overwrite, log=console.print
+                )
+                catalog.compute_quality(name)
+            console.print(f"{name}: {len(written)} datasets written under {catalog.minari_datasets_path()}")
+    except (DatasetError, ValueError, FileNotFoundError) as error:
+        fail(str(error))
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """List local Minari datasets with their size and reference scores."""
+    import minari
+
+    for dataset_id, metadata in sorted(minari.list_local_datasets().items()):
+        refs = (
+            f"refs [{metadata['ref_min_score']:.1f}, {metadata['ref_max_score']:.1f}]"
+            if "ref_max_score" in metadata
+            else "no reference scores"
+        )
+        print(
+            f"{dataset_id:48s} {metadata.get('total_steps', 0):>9,} steps "
+            f"{metadata.get('total_episodes', 0):>6,} episodes  {refs}"
+        )
+
+
+@datasets_app.command("info")
+def datasets_info(dataset: Annotated[str, typer.Argument(help="Minari id or HDF5 path.")]) -> None:
+    """Print a dataset's return statistics and quality metrics (TQ, SACo)."""
+    from offbench.datasets.dataset import DatasetError
+    from offbench.datasets.generate import catalog
+    from offbench.datasets.sources import load_dataset
+
+    try:
+        data = load_dataset(dataset)
+    except DatasetError as error:
+        fail(str(error))
+    for key, value in {**data.summary(), **(catalog.read_quality(dataset) or {})}.items():
+        print(f"{key:28s} {value}")
 
 
 @app.command("algorithms")

@@ -11,12 +11,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from offbench.bench.suite import SuiteError, builtin_suites, load_suite, parse_suite
 from offbench.bench.sweep import plan, sweep
 
-TIMING_COLUMNS = {"wall_time_s", "train_seconds", "compile_seconds", "eval_seconds", "updates_per_second",
-                  "timestamp", "git_sha"}
+TIMING_COLUMNS = {
+    "wall_time_s",
+    "train_seconds",
+    "compile_seconds",
+    "eval_seconds",
+    "updates_per_second",
+    "timestamp",
+    "git_sha",
+}
 
 
 def suite_toml(dataset: str, steps: int = 60, extra: str = "") -> str:
@@ -47,7 +53,7 @@ def test_builtin_suites_parse():
     [
         (lambda s: s.replace('name = "td3bc"', 'name = "td3_bc"'), "unknown algorithm 'td3_bc'"),
         (lambda s: s.replace("hidden_dims", "hiden_dims"), "'hiden_dims' is not a hyper-parameter of td3bc"),
-        (lambda s: s + 'grid = { alhpa = [1.0, 2.0] }\n', "'alhpa' is not a hyper-parameter"),
+        (lambda s: s + "grid = { alhpa = [1.0, 2.0] }\n", "'alhpa' is not a hyper-parameter"),
         (lambda s: s.replace("steps = 60", "step = 60"), "unknown key 'step'"),
         (lambda s: s.replace('seeds = "0-1"', 'seeds = "one"'), "cannot parse 'one'"),
         (lambda s: s + 'samplers = ["fancy"]\n', "unknown sampler 'fancy'"),
@@ -64,7 +70,7 @@ def test_bad_suites_are_refused_with_clear_errors(mutate, message):
 def test_grid_expands_into_jobs_with_seeds_inside():
     import tomllib
 
-    suite = parse_suite(tomllib.loads(suite_toml("a/b-v0", extra='grid = { alpha = [1.0, 2.0, 3.0] }')))
+    suite = parse_suite(tomllib.loads(suite_toml("a/b-v0", extra="grid = { alpha = [1.0, 2.0, 3.0] }")))
     jobs = suite.jobs(["a/b-v0", "a/c-v0"])
     assert len(jobs) == 6 and all(job.seeds == (0, 1) for job in jobs)
     assert sorted({dict(job.hparams)["alpha"] for job in jobs}) == [1.0, 2.0, 3.0]
@@ -97,8 +103,13 @@ def test_incompatible_schema_version_is_refused(hopper_minari, tmp_path):
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "offbench.bench.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "offbench.bench.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def comparable(frame: pd.DataFrame) -> pd.DataFrame:
@@ -147,7 +158,9 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(hopper_minari, tmp_path
 
     from offbench.bench import sweep as sweep_module
 
-    suite = parse_suite(tomllib.loads(suite_toml(hopper_minari, steps=20, extra='grid = { alpha = [1.0, 2.0] }')))
+    suite = parse_suite(
+        tomllib.loads(suite_toml(hopper_minari, steps=20, extra="grid = { alpha = [1.0, 2.0] }"))
+    )
     original = sweep_module.run_and_write
 
     def flaky(job, out, **kwargs):

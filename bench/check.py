@@ -1,0 +1,259 @@
+"""Regression check: compare the final scores of a results directory with a committed baseline.
+
+A baseline is a runs table (the schema of :mod:`offbench.bench.results`, one row per seed), e.g.
+``results/ci/baseline.parquet``, written from a results directory by :func:`write_baseline`
+(``offbench check --results DIR --baseline FILE --write-baseline``).
+
+The rule, applied to each (algorithm, sampler, dataset) pair of the baseline:
+
+1. Metric. ``final_score`` (normalised) when every ``ok`` seed of the pair has one in both the
+   baseline and the results, otherwise ``final_return`` for both (datasets without reference scores).
+2. Seeds. Only seeds with status ``ok`` enter the means: baseline values b_1..b_n, current values
+   c_1..c_m. The pair FAILS (``DIVERGED``) when the fraction of non-``ok`` seeds (diverged or failed) in
+   the results exceeds the baseline's, or when it has no ``ok`` seed while the baseline has some; it
+   FAILS (``MISSING``) when the results have no row for the pair at all.
+3. Noise. delta = mean(c) − mean(b). The noise scale is the baseline's seed standard deviation s_b
+   (sample std, ddof = 1). The allowed drop is
+
+       allowed = max( t_{1−alpha, n−1} · s_b · sqrt(1/n + 1/m),  abs_tol,  rel_tol · |mean(b)| )
+
+   where t_{q, k} is Student's t quantile with k degrees of freedom; with a single baseline seed (n = 1)
+   the noise is unknown and only the two tolerance floors apply.
+4. Verdict. The pair FAILS (``REGRESSED``) when delta < −allowed, that is when the upper end of the
+   one-sided (1 − alpha) t interval of mean(c) − mean(b) lies below 0 *and* the drop exceeds the
+   tolerance floor. It is ``improved`` when delta > allowed and ``pass`` otherwise; neither fails.
+
+Defaults: alpha = 0.05 per pair, abs_tol = 1.0 (in the metric's unit: one normalised point),
+rel_tol = 0.02 (2% of the baseline mean). Why these choices:
+
+- The baseline std, not the current one, sets the noise scale: a change that destabilises training
+  widens the current spread, and a Welch interval would then widen too and hide the regression it
+  caused. The baseline is the reviewed, committed reference. The t quantile uses the baseline's n − 1
+  degrees of freedom because s_b is the only estimated variance.
+- The floors stop zero-variance baselines (every seed at exactly the same score, e.g. all 0 or a
+  saturated task) from failing on any difference at all, including float noise across platforms.
+- With the same code, seeds and platform the engine is deterministic, so the results equal the baseline
+  and every pair passes. After a change that alters the random streams, each pair that did not
+  regress still fails with probability about alpha (under the t model), so k pairs expect alpha · k false
+  alarms; lower ``alpha`` for large suites.
+
+Pairs present in the results but not in the baseline are reported as ``new`` and do not fail.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+from scipy import stats as scipy_stats
+
+PAIR = ["algorithm", "sampler", "dataset"]
+COLUMNS = [*PAIR, "hparams_hash", "seed", "final_score", "final_return", "status"]
+ALPHA = 0.05
+ABS_TOL = 1.0
+REL_TOL = 0.02
+FAILING = ("REGRESSED", "DIVERGED", "MISSING")
+
+
+class CheckError(ValueError):
+    """The check cannot run (missing or unreadable files, bad tables); the message says why."""
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """The comparison of one (algorithm, sampler, dataset) pair."""
+
+    algorithm: str
+    sampler: str
+    dataset: str
+    metric: str  # "score" or "return"
+    baseline: np.ndarray  # ok seeds' values
+    current: np.ndarray
+    delta: float
+    allowed: float
+    verdict: str  # pass | improved | new | REGRESSED | DIVERGED | MISSING
+    note: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in FAILING
+
+    @property
+    def name(self) -> str:
+        return f"{self.algorithm}/{self.sampler}/{self.dataset}"
+
+    def explanation(self) -> str:
+        """Why a failing pair failed, in one sentence."""
+        if self.verdict == "MISSING":
+            return f"{self.name} is in the baseline but has no runs in the results."
+        if self.verdict == "DIVERGED":
+            return f"{self.name} has more diverged or failed seeds than the baseline: {self.note}."
+        return (
+            f"{self.name} fell {-self.delta:.2f} below the baseline mean {self.metric}, more than the "
+            f"{self.allowed:.2f} that its seed noise allows."
+        )
+
+
+def read_runs(path: Path, what: str) -> pd.DataFrame:
+    """A runs table from a parquet file or a directory of them, with a clear error when it cannot be read."""
+    if not path.exists():
+        raise CheckError(f"{what} {path} does not exist.")
+    if path.is_dir() and not any(path.glob("*.parquet")):
+        raise CheckError(f"{what} {path} holds no parquet files.")
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as error:
+        raise CheckError(f"cannot read {what} {path}: {error}") from error
+    missing = [column for column in COLUMNS if column not in frame.columns]
+    if missing:
+        raise CheckError(f"{what} {path} is not a runs table: it lacks column(s) {missing}.")
+    if frame.empty:
+        raise CheckError(f"{what} {path} has no rows.")
+    return frame
+
+
+def read_results_runs(results_dir: Path) -> pd.DataFrame:
+    if not results_dir.is_dir():
+        raise CheckError(f"results directory {results_dir} does not exist.")
+    return read_runs(results_dir / "runs", "results runs directory")
+
+
+def allowed_drop(
+    baseline: np.ndarray,
+    current_seeds: int,
+    alpha: float = ALPHA,
+    abs_tol: float = ABS_TOL,
+    rel_tol: float = REL_TOL,
+) -> float:
+    """How far the current mean may fall below the baseline mean before the pair fails (rule step 3)."""
+    floor = max(abs_tol, rel_tol * abs(float(np.mean(baseline))))
+    n = len(baseline)
+    if n < 2:
+        return floor
+    noise = float(np.std(baseline, ddof=1)) * math.sqrt(1.0 / n + 1.0 / current_seeds)
+    return max(float(scipy_stats.t.ppf(1.0 - alpha, n - 1)) * noise, floor)
+
+
+def _metric(baseline: pd.DataFrame, current: pd.DataFrame) -> str:
+    ok = pd.concat([baseline[baseline["status"] == "ok"], current[current["status"] == "ok"]])
+    return "final_score" if ok["final_score"].notna().all() else "final_return"
+
+
+def _single_config(frame: pd.DataFrame, pair: tuple[str, str, str], what: str) -> None:
+    if frame["seed"].duplicated().any():
+        hashes = sorted(frame["hparams_hash"].unique())
+        raise CheckError(
+            f"{what} has several rows for the same seed of {'/'.join(pair)} (hparams_hash {hashes}); "
+            "the check compares one configuration per pair: keep one."
+        )
+
+
+def compare_pair(
+    pair: tuple[str, str, str],
+    baseline: pd.DataFrame,
+    current: pd.DataFrame,
+    alpha: float = ALPHA,
+    abs_tol: float = ABS_TOL,
+    rel_tol: float = REL_TOL,
+) -> PairResult:
+    """Apply the rule of the module docstring to one pair's baseline and current runs rows."""
+    _single_config(baseline, pair, "the baseline")
+    _single_config(current, pair, "the results")
+    column = _metric(baseline, current)
+    metric = "score" if column == "final_score" else "return"
+    b = baseline.loc[baseline["status"] == "ok", column].to_numpy(float)
+    c = current.loc[current["status"] == "ok", column].to_numpy(float)
+
+    def result(
+        verdict: str, note: str = "", delta: float = math.nan, allowed: float = math.nan
+    ) -> PairResult:
+        return PairResult(*pair, metric, b, c, delta, allowed, verdict, note)
+
+    if current.empty:
+        return result("MISSING")
+    if baseline.empty:
+        return result("new", "not in the baseline")
+    notes = []
+    if set(baseline["hparams_hash"]) != set(current["hparams_hash"]):
+        notes.append("hyper-parameters differ from the baseline's")
+    # A smaller fraction of ok seeds than the baseline's (cross-multiplied to stay in integers).
+    if len(c) * len(baseline) < len(b) * len(current):
+        notes.insert(
+            0,
+            f"{len(current) - len(c)}/{len(current)} seeds diverged or failed "
+            f"(baseline {len(baseline) - len(b)}/{len(baseline)})",
+        )
+        return result("DIVERGED", "; ".join(notes), float(c.mean() - b.mean()) if len(c) else math.nan)
+    if len(b) == 0:
+        return result("pass", "; ".join(["no ok baseline seed to compare", *notes]))
+    if len(b) == 1:
+        notes.append("one baseline seed: tolerance floor only")
+    delta = float(c.mean() - b.mean())
+    allowed = allowed_drop(b, len(c), alpha, abs_tol, rel_tol)
+    verdict = "REGRESSED" if delta < -allowed else "improved" if delta > allowed else "pass"
+    return result(verdict, "; ".join(notes), delta, allowed)
+
+
+def compare(
+    current: pd.DataFrame,
+    baseline: pd.DataFrame,
+    alpha: float = ALPHA,
+    abs_tol: float = ABS_TOL,
+    rel_tol: float = REL_TOL,
+) -> list[PairResult]:
+    """Every baseline pair (then every new pair of the results), compared by the module's rule."""
+    if not 0.0 < alpha < 1.0:
+        raise CheckError(f"alpha must be strictly between 0 and 1, got {alpha}.")
+    if abs_tol < 0 or rel_tol < 0:
+        raise CheckError(f"tolerances must be non-negative, got abs_tol={abs_tol}, rel_tol={rel_tol}.")
+    baseline_pairs = sorted(baseline.groupby(PAIR).groups)
+    new_pairs = sorted(set(current.groupby(PAIR).groups) - set(baseline_pairs))
+
+    def rows(frame: pd.DataFrame, pair: tuple[str, str, str]) -> pd.DataFrame:
+        mask = (frame["algorithm"] == pair[0]) & (frame["sampler"] == pair[1]) & (frame["dataset"] == pair[2])
+        return frame[mask]
+
+    return [
+        compare_pair(pair, rows(baseline, pair), rows(current, pair), alpha, abs_tol, rel_tol)
+        for pair in [*baseline_pairs, *new_pairs]
+    ]
+
+
+def write_baseline(results_dir: Path, path: Path) -> Path:
+    """Write the runs rows of ``results_dir`` into one baseline parquet file (atomically), sorted."""
+    from offbench.bench import results
+
+    frame = read_results_runs(results_dir).sort_values([*PAIR, "hparams_hash", "seed"], ignore_index=True)
+    return results.write_atomic(results.to_table(frame, results.RUNS_SCHEMA), path)
+
+
+def _mean_std(values: np.ndarray) -> str:
+    if len(values) == 0:
+        return "—"
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{values.mean():.2f} ± {std:.2f} (n={len(values)})"
+
+
+def verdict_table(pairs: list[PairResult]) -> Table:
+    """The check's output: one row per pair, failures in red."""
+    table = Table(title="offbench check: final scores vs baseline (mean ± seed std)")
+    for column in ("pair", "metric", "baseline", "current", "delta", "allowed drop", "verdict", "note"):
+        table.add_column(column, justify="right" if column in ("delta", "allowed drop") else "left")
+    styles = {"pass": "green", "improved": "green", "new": "cyan"}
+    for pair in pairs:
+        style = styles.get(pair.verdict, "bold red")
+        table.add_row(
+            pair.name,
+            pair.metric,
+            _mean_std(pair.baseline),
+            _mean_std(pair.current),
+            "—" if math.isnan(pair.delta) else f"{pair.delta:+.2f}",
+            "—" if math.isnan(pair.allowed) else f"{pair.allowed:.2f}",
+            f"[{style}]{pair.verdict}[/]",
+            pair.note,
+        )
+    return table

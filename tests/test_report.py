@@ -1,0 +1,346 @@
+"""``offbench report``: leaderboard numbers, determinism, and the HTML as a browser renders it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from offbench.bench import results, stats
+from offbench.bench.cli import app
+from offbench.bench.report import write_report
+from typer.testing import CliRunner
+
+REPS = 2_000
+SEED = 3
+SCORED = {"hopper-medium": (-20.0, 3000.0), "walker-medium": (0.0, 4000.0)}
+RAW = "toy-norefs"
+METHODS = [("bc", "uniform"), ("iql", "uniform"), ("iql", "rw")]
+SEEDS = range(5)
+STEPS = (1000, 2000, 3000)
+DIVERGED = ("iql", "uniform", "walker-medium", 3)
+
+
+def normalized(dataset: str, value: float) -> float | None:
+    if dataset not in SCORED or np.isnan(value):
+        return None
+    ref_min, ref_max = SCORED[dataset]
+    return 100.0 * (value - ref_min) / (ref_max - ref_min)
+
+
+def run_row(algorithm: str, sampler: str, dataset: str, seed: int, final_return: float, **extra) -> dict:
+    """A runs row in the full schema of bench/results.py."""
+    ref_min, ref_max = SCORED.get(dataset, (None, None))
+    row = {field.name: None for field in results.RUNS_SCHEMA}
+    row.update(
+        suite="test",
+        dataset=dataset,
+        env="Hopper-v5",
+        algorithm=algorithm,
+        sampler=sampler,
+        hparams="{}",
+        hparams_hash=f"{algorithm}{sampler}hash",
+        seed=seed,
+        steps=STEPS[-1],
+        final_score=normalized(dataset, final_return),
+        final_return=final_return,
+        final_k=1,
+        seeds_in_job=len(SEEDS),
+        status="ok",
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+        schema_version=results.SCHEMA_VERSION,
+    )
+    row.update(extra)
+    return row
+
+
+def eval_rows(run: dict) -> list[dict]:
+    """Returns climb linearly to the final return; a diverged run was at 500 until its last evaluation."""
+    rows = []
+    for step in STEPS:
+        diverged = run["status"] == "diverged" and step == STEPS[-1]
+        target = 500.0 if run["status"] == "diverged" else run["final_return"]
+        value = np.nan if diverged else target * step / STEPS[-1]
+        rows.append(
+            {
+                **{k: run[k] for k in ("suite", "dataset", "env", "algorithm", "sampler", "hparams")},
+                "hparams_hash": run["hparams_hash"],
+                "seed": run["seed"],
+                "step": step,
+                "return_mean": value,
+                "return_std": 1.0,
+                "episodes": 5,
+                "normalized_score": normalized(run["dataset"], value),
+                "wall_time_s": 1.0,
+                "status": "diverged" if diverged else "ok",
+            }
+        )
+    return rows
+
+
+def write_results(out: Path, runs: pd.DataFrame, evals: pd.DataFrame) -> None:
+    for (algorithm, sampler, dataset), frame in runs.groupby(["algorithm", "sampler", "dataset"]):
+        name = f"{algorithm}-{sampler}__{dataset}"
+        job_evals = evals[(evals["algorithm"] == algorithm) & (evals["sampler"] == sampler)]
+        job_evals = job_evals[job_evals["dataset"] == dataset]
+        results.write_atomic(
+            results.to_table(job_evals, results.EVALS_SCHEMA), out / "evals" / f"{name}.parquet"
+        )
+        results.write_atomic(results.to_table(frame, results.RUNS_SCHEMA), out / "runs" / f"{name}.parquet")
+
+
+@pytest.fixture(scope="module")
+def base_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 methods x 3 datasets x 5 seeds, one diverged seed, one dataset without reference scores, and a
+    failed cql job recorded by the sweep. Shared by the module: tests that add files use ``results_dir``."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for index, (algorithm, sampler) in enumerate(METHODS):
+        for dataset in [*SCORED, RAW]:
+            for seed in SEEDS:
+                final_return = float(1000.0 + 400.0 * index + 150.0 * rng.standard_normal())
+                if (algorithm, sampler, dataset, seed) == DIVERGED:
+                    rows.append(
+                        run_row(
+                            algorithm, sampler, dataset, seed, np.nan, status="diverged", diverged_step=3000
+                        )
+                    )
+                else:
+                    rows.append(run_row(algorithm, sampler, dataset, seed, final_return))
+    runs = pd.DataFrame(rows)
+    evals = pd.DataFrame([row for run in rows for row in eval_rows(run)])
+    out = tmp_path_factory.mktemp("report") / "results"
+    write_results(out, runs, evals)
+    (out / "failures").mkdir()
+    failure = {"job": {"algorithm": "cql", "dataset": "hopper-medium", "seeds": [0, 1]}, "error": "boom"}
+    (out / "failures" / "cql-uniform__hopper-medium__abc.json").write_text(json.dumps(failure))
+    return out
+
+
+@pytest.fixture
+def results_dir(base_results: Path, tmp_path: Path) -> Path:
+    """A private copy of the results, for tests that add files to it."""
+    return Path(shutil.copytree(base_results, tmp_path / "results"))
+
+
+@pytest.fixture(scope="module")
+def default_report(base_results: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report of the shared results, written once for the tests that only read it."""
+    out = tmp_path_factory.mktemp("default-report")
+    report(base_results, out)
+    return out
+
+
+def expected_cell(values: np.ndarray) -> str:
+    """Mean ± half-width of the percentile-bootstrap interval of the mean, computed here with numpy.
+
+    stats draws all resamples of a small cell in one call of ``integers(n, size=(reps, n, 1))`` on a
+    generator seeded with the report's seed, so the same draw reproduces its interval exactly.
+    """
+    rng = np.random.default_rng(SEED)
+    indices = rng.integers(len(values), size=(REPS, len(values), 1))
+    means = values[indices].mean(axis=(1, 2))
+    lower, upper = np.percentile(means, [2.5, 97.5])
+    return f"{values.mean():.1f} ± {(upper - lower) / 2:.1f}"
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every pipe table of a markdown document, as rows of stripped cells (the rule line dropped)."""
+    tables, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|:- "):
+                current.append([cell.strip() for cell in line.strip("|").split(" | ")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def method_of(algorithm: str, sampler: str) -> str:
+    return algorithm if sampler == "uniform" else f"{algorithm}+{sampler}"
+
+
+def expected_per_dataset(results_dir: Path) -> dict[tuple[str, str], str]:
+    runs = pd.read_parquet(results_dir / "runs")
+    expected = {}
+    for (algorithm, sampler, dataset), frame in runs.groupby(["algorithm", "sampler", "dataset"]):
+        frame = frame.sort_values("seed")
+        if dataset in SCORED:
+            # The report scores a diverged seed as 0, the random-policy score.
+            values = frame["final_score"].fillna(0.0).to_numpy(float)
+        else:
+            values = frame["final_return"].dropna().to_numpy(float)
+        expected[(dataset, method_of(algorithm, sampler))] = expected_cell(values)
+    return expected
+
+
+def report(results_dir: Path, out: Path) -> list[Path]:
+    return write_report(results_dir, out, reps=REPS, profile_reps=200, seed=SEED)
+
+
+def test_report_writes_every_file(default_report: Path) -> None:
+    paths = list(default_report.iterdir())
+    names = {path.name for path in paths}
+    assert names == {
+        "LEADERBOARD.md",
+        "leaderboard.html",
+        "aggregate_intervals.png",
+        "performance_profiles.png",
+        "learning_curves.png",
+    }
+    for path in paths:
+        assert path.stat().st_size > 0
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (default_report / "leaderboard.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "<style>" in html
+    assert "<link" not in html and "<script" not in html  # self-contained
+
+
+def test_leaderboard_per_dataset_cells(base_results: Path, default_report: Path) -> None:
+    per_dataset = markdown_tables((default_report / "LEADERBOARD.md").read_text())[0]
+    header, body = per_dataset[0], per_dataset[1:]
+    assert header == ["Dataset", "bc", "iql", "iql+rw"]
+    assert [row[0] for row in body] == ["hopper-medium", RAW + " †", "walker-medium"]
+    for (dataset, method), cell in expected_per_dataset(base_results).items():
+        row = next(r for r in body if r[0].removesuffix(" †") == dataset)
+        assert row[header.index(method)] == cell, (dataset, method)
+
+
+def test_aggregate_iqm_matches_stats(base_results: Path, default_report: Path) -> None:
+    aggregate = markdown_tables((default_report / "LEADERBOARD.md").read_text())[1]
+    header = aggregate[0]
+    assert header == ["Method", "IQM", "Median", "Mean", "Optimality gap"]
+    runs = pd.read_parquet(base_results / "runs")
+    runs = runs[runs["dataset"].isin(SCORED)].assign(final_score=lambda f: f["final_score"].fillna(0.0))
+    for row in aggregate[1:]:
+        algorithm, _, sampler = row[0].partition("+")
+        frame = runs[(runs["algorithm"] == algorithm) & (runs["sampler"] == (sampler or "uniform"))]
+        # (seeds, datasets) matrix built by hand: columns sorted by dataset, rows by seed.
+        matrix = frame.pivot(index="seed", columns="dataset", values="final_score").sort_index()
+        matrix = matrix[sorted(SCORED)].to_numpy()
+        iqm = stats.aggregate_iqm(matrix)
+        interval = stats.stratified_bootstrap_ci(matrix, stats.aggregate_iqm, REPS, 0.95, SEED)
+        assert row[header.index("IQM")] == f"{iqm:.1f} [{interval.lower:.1f}, {interval.upper:.1f}]"
+        assert row[header.index("Mean")].startswith(f"{stats.aggregate_mean(matrix):.1f} [")
+
+
+def test_runs_table_counts_seeds_divergence_and_failures(default_report: Path) -> None:
+    counts = markdown_tables((default_report / "LEADERBOARD.md").read_text())[2]
+    assert counts[0] == ["Method", "Datasets", "Seeds per dataset", "Diverged", "Failed"]
+    by_method = {row[0]: row[1:] for row in counts[1:]}
+    # iql's diverged walker seed is scored 0, so it still counts among the seeds; cql's job failed.
+    assert by_method == {
+        "bc": ["3", "5", "0", "0"],
+        "cql": ["0", "0", "0", "2"],
+        "iql": ["3", "5", "1", "0"],
+        "iql+rw": ["3", "5", "0", "0"],
+    }
+
+
+def test_report_is_deterministic(base_results: Path, default_report: Path, tmp_path: Path) -> None:
+    for path in report(base_results, tmp_path):
+        assert path.read_bytes() == (default_report / path.name).read_bytes(), path.name
+
+
+def test_dataset_quality_columns_when_provided(
+    results_dir: Path, default_report: Path, tmp_path: Path
+) -> None:
+    assert "TQ" not in markdown_tables((default_report / "LEADERBOARD.md").read_text())[0][0]
+    quality = pd.DataFrame(
+        {"dataset": ["hopper-medium", "walker-medium"], "tq": [0.5, 0.25], "saco": [1.0, 2.5]}
+    )
+    quality.to_parquet(results_dir / "datasets.parquet")
+    report(results_dir, tmp_path / "with")
+    table = markdown_tables((tmp_path / "with" / "LEADERBOARD.md").read_text())[0]
+    assert table[0][:3] == ["Dataset", "TQ", "SACo"]
+    assert [row[1:3] for row in table[1:]] == [["0.50", "1.00"], ["—", "—"], ["0.25", "2.50"]]
+
+
+def test_method_missing_a_dataset_is_left_out_of_the_aggregate(results_dir: Path, tmp_path: Path) -> None:
+    extra = [run_row("cql", "uniform", "hopper-medium", seed, 2000.0 + seed) for seed in SEEDS]
+    results.write_atomic(
+        results.to_table(pd.DataFrame(extra), results.RUNS_SCHEMA), results_dir / "runs" / "cql.parquet"
+    )
+    report(results_dir, tmp_path)
+    text = (tmp_path / "LEADERBOARD.md").read_text()
+    per_dataset, aggregate = markdown_tables(text)[:2]
+    assert "cql" in per_dataset[0]
+    assert "cql" not in [row[0] for row in aggregate]
+    assert "Left out of the aggregate (not run on every dataset with reference scores): cql." in text
+
+
+class TableReader(HTMLParser):
+    """The text of each cell of ``<table id=...>``, row by row."""
+
+    def __init__(self, table_id: str) -> None:
+        super().__init__()
+        self.table_id, self.inside, self.rows = table_id, False, []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table" and ("id", self.table_id) in attrs:
+            self.inside = True
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self.inside = False
+        elif self.inside and tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append("".join(self.cell).strip())
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_html_renders_in_headless_chromium(base_results: Path, default_report: Path) -> None:
+    browser = chromium()
+    if browser is None:
+        pytest.skip("headless Chromium is not installed (apt-get install -y chromium)")
+    page = (default_report / "leaderboard.html").resolve()
+    dumped = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    reader = TableReader("per-dataset")
+    reader.feed(dumped)
+    header, body = reader.rows[0], reader.rows[1:]
+    assert header == ["Dataset", "bc", "iql", "iql+rw"]
+    for (dataset, method), cell in expected_per_dataset(base_results).items():
+        row = next(r for r in body if r[0].removesuffix(" †") == dataset)
+        assert row[header.index(method)] == cell, (dataset, method)
+    assert "<img" in dumped and "aggregate" in dumped
+
+
+def test_report_cli(base_results: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(
+        app, ["report", str(base_results), "--out", str(out), "--reps", "500", "--profile-reps", "100"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "LEADERBOARD.md").exists() and str(out / "leaderboard.html") in result.output
+
+
+def test_report_cli_missing_results(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert "no runs parquet files" in result.output
