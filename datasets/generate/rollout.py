@@ -94,3 +94,74 @@ def write_minari(
         num_episodes_average_score=100,
         **references,
     )
+
+
+BatchPolicy = Callable[[np.ndarray, int], np.ndarray]
+
+
+def collect_episodes(
+    env_id: str,
+    steps: int,
+    policy: BatchPolicy,
+    seed: int,
+    num_envs: int = 16,
+    one_episode_each: bool = False,
+) -> list[Episode]:
+    """Whole episodes from ``num_envs`` environments stepped in lockstep, one batched policy call a step.
+
+    ``policy(observations[num_envs, obs], step_index)`` returns actions ``[num_envs, act]``. Episodes are
+    kept in the order they finish until at least ``steps`` transitions are collected; episodes still
+    running then are dropped (no partial trailing episodes). Environment i's k-th episode resets with a
+    seed derived from (seed, i, k), so the result is a pure function of ``seed``. With
+    ``one_episode_each`` every environment runs exactly one episode (for unbiased mean returns: keeping
+    the first episodes to finish would favour short ones).
+    """
+    envs = [gym.make(env_id, disable_env_checker=True) for _ in range(num_envs)]
+    low, high = envs[0].action_space.low, envs[0].action_space.high
+    counts = [0] * num_envs
+
+    def reset(i: int) -> np.ndarray:
+        reset_seed = int(np.random.SeedSequence([seed, i, counts[i]]).generate_state(1)[0])
+        counts[i] += 1
+        return envs[i].reset(seed=reset_seed)[0]
+
+    current = [[reset(i)] for i in range(num_envs)]
+    running = [True] * num_envs
+    pending: list[dict[str, list]] = [
+        {"actions": [], "rewards": [], "terminations": [], "truncations": []} for _ in range(num_envs)
+    ]
+    episodes: list[Episode] = []
+    total, step_index = 0, 0
+    while total < steps and any(running):
+        observations = np.stack([obs[-1] for obs in current]).astype(np.float32)
+        actions = np.clip(np.asarray(policy(observations, step_index)), low, high)
+        step_index += 1
+        for i, env in enumerate(envs):
+            if not running[i]:
+                continue
+            observation, reward, terminated, truncated, _ = env.step(actions[i])
+            current[i].append(observation)
+            record = pending[i]
+            record["actions"].append(actions[i])
+            record["rewards"].append(reward)
+            record["terminations"].append(terminated)
+            record["truncations"].append(truncated)
+            if terminated or truncated:
+                episodes.append(
+                    {
+                        "observations": np.asarray(current[i], np.float32),
+                        "actions": np.asarray(record["actions"], np.float32),
+                        "rewards": np.asarray(record["rewards"], np.float32),
+                        "terminations": np.asarray(record["terminations"]),
+                        "truncations": np.asarray(record["truncations"]),
+                    }
+                )
+                total += len(record["actions"])
+                running[i] = not one_episode_each
+                current[i] = [reset(i)] if running[i] else current[i][-1:]
+                pending[i] = {"actions": [], "rewards": [], "terminations": [], "truncations": []}
+                if total >= steps:
+                    break
+    for env in envs:
+        env.close()
+    return episodes
