@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "bc": "offbench.algorithms.bc",
     "td3bc": "offbench.algorithms.td3bc",
     "iql": "offbench.algorithms.iql",
+    "cql": "offbench.algorithms.cql",
 }
 
 
