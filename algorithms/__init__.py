@@ -48,6 +48,10 @@ class Algorithm:
         return self.module.act
 
     @property
+    def act_needs_key(self) -> bool:
+        return bool(getattr(self.module, "ACT_NEEDS_KEY", False))
+
+    @property
     def shared_arrays(self) -> Callable | None:
         return getattr(self.module, "shared_arrays", None)
 

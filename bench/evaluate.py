@@ -44,10 +44,15 @@ class Evaluator:
     def _observation(self, observation) -> np.ndarray:
         return flatten_observation(observation, self.spec.observation_keys)
 
-    def run(self, policy: Callable[[np.ndarray], np.ndarray], active: np.ndarray | None = None) -> np.ndarray:
+    def run(
+        self, policy: Callable[[np.ndarray, int], np.ndarray], active: np.ndarray | None = None
+    ) -> np.ndarray:
         """Undiscounted returns, shape [seeds, episodes]; NaN for seeds marked inactive.
 
-        ``policy`` maps observations [seeds, episodes, obs] to actions [seeds, episodes, act].
+        ``policy(observations[seeds, episodes, obs], call_index)`` returns actions [seeds, episodes, act],
+        or action chunks [seeds, episodes, horizon, act]: a chunk is executed open-loop, then the policy
+        re-plans (all environments stay in lockstep, so one call serves every running episode).
+        ``call_index`` counts policy calls within this evaluation, for policies that sample.
         """
         seeds_active = np.ones(self.num_seeds, bool) if active is None else np.asarray(active, bool)
         running = np.repeat(seeds_active, self.episodes)
@@ -57,16 +62,22 @@ class Evaluator:
             observations[index] = self._observation(observation)
         returns = np.zeros(len(self.envs), np.float64)
         shape = (self.num_seeds, self.episodes, self.spec.observation_dim)
+        call_index = 0
         while running.any():
-            actions = np.asarray(policy(observations.reshape(shape))).reshape(len(self.envs), -1)
-            actions = np.clip(actions, self.action_low, self.action_high)
-            for index in np.nonzero(running)[0]:
-                observation, reward, terminated, truncated, _ = self.envs[index].step(actions[index])
-                observations[index] = self._observation(observation)
-                returns[index] += float(reward)
-                if terminated or truncated:
-                    running[index] = False
-                self.env_steps += 1
+            actions = np.asarray(policy(observations.reshape(shape), call_index))
+            call_index += 1
+            chunks = actions.reshape(len(self.envs), -1 if actions.ndim == 4 else 1, actions.shape[-1])
+            chunks = np.clip(chunks, self.action_low, self.action_high)
+            for offset in range(chunks.shape[1]):
+                for index in np.nonzero(running)[0]:
+                    observation, reward, terminated, truncated, _ = self.envs[index].step(
+                        chunks[index, offset]
+                    )
+                    observations[index] = self._observation(observation)
+                    returns[index] += float(reward)
+                    if terminated or truncated:
+                        running[index] = False
+                    self.env_steps += 1
         returns = returns.reshape(self.num_seeds, self.episodes)
         returns[~seeds_active] = np.nan
         return returns

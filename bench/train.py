@@ -10,7 +10,6 @@ follows exactly the computation of a single run with seed ``i``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -87,21 +86,36 @@ def shared_arrays(algorithm: Algorithm, data: sampling.TrainingData, cfg: Any) -
 
 
 def make_policy(algorithm: Algorithm, cfg: Any, data: sampling.TrainingData) -> Callable:
-    """A jitted ``(states, observations[S, E, obs]) -> actions[S, E, act]`` for evaluation.
+    """A jitted ``(states, observations[S, E, obs], keys[S]) -> actions`` for evaluation.
 
-    Observation standardisation uses the training dataset's statistics, carried with the policy.
+    Observation standardisation uses the training dataset's statistics, carried with the policy. The
+    keys reach only algorithms whose evaluation samples (``ACT_NEEDS_KEY``, e.g. best-of-N).
     """
     mean = jnp.asarray(data.dataset.observation_mean)
     std = jnp.asarray(data.dataset.observation_std)
 
-    def policy(states: Any, observations: jax.Array) -> jax.Array:
+    def act(state: Any, observations: jax.Array, key: jax.Array) -> jax.Array:
+        if algorithm.act_needs_key:
+            return algorithm.act(state, observations, cfg, key)
+        return algorithm.act(state, observations, cfg)
+
+    def policy(states: Any, observations: jax.Array, keys: jax.Array) -> jax.Array:
         if cfg.normalize_observations:
             observations = (observations - mean) / std
-        return jax.vmap(lambda s, o: algorithm.act(s, o, cfg), in_axes=(state_axes(states), 0))(
-            states, observations
-        )
+        return jax.vmap(act, in_axes=(state_axes(states), 0, 0))(states, observations, keys)
 
     return jax.jit(policy)
+
+
+def bind_policy(policy: Callable, states: Any, keys: jax.Array) -> Callable[[np.ndarray, int], jax.Array]:
+    """The evaluator's view of a trained policy: (observations, call index) -> actions."""
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    return lambda observations, call: policy(states, observations, fold(keys, call))
+
+
+def evaluation_keys(seeds: Sequence[int]) -> jax.Array:
+    """Per-seed keys for sampling policies at evaluation, independent of the training keys."""
+    return jnp.stack([jax.random.fold_in(jax.random.key(int(seed)), 0xE7A1) for seed in seeds])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +187,7 @@ def run_job(
     init_keys, keys = seed_keys(job.seeds)
     states = init_states(algorithm, data, cfg, init_keys)
     policy = make_policy(algorithm, cfg, data)
+    eval_keys = evaluation_keys(job.seeds)
     shared = shared_arrays(algorithm, data, cfg)
     chunk_fns: dict[int, Callable] = {}
     num_seeds = len(job.seeds)
@@ -211,7 +226,8 @@ def run_job(
         diverged_step[newly_diverged] = step
 
         tic = time.perf_counter()
-        episode_returns = evaluator.run(functools.partial(policy, states), active=diverged_step < 0)
+        round_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, step)
+        episode_returns = evaluator.run(bind_policy(policy, states, round_keys), active=diverged_step < 0)
         eval_seconds += time.perf_counter() - tic
         wall = time.perf_counter() - started
         for i, seed in enumerate(job.seeds):

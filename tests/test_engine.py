@@ -97,7 +97,7 @@ def test_evaluator_runs_each_episode_once_with_one_batched_call_per_step(hopper_
     evaluator = Evaluator(dataset.spec, seeds=(0, 1), episodes=3)
     calls = []
 
-    def zero_policy(observations):
+    def zero_policy(observations, call_index):
         calls.append(observations.shape)
         return np.zeros(observations.shape[:2] + (3,))
 
@@ -165,3 +165,23 @@ def test_run_job_records_divergence(hopper_minari):
     assert runs["diverged_step"].tolist() == [5, 5]
     assert runs["final_score"].isna().all()
     assert (evals["status"] == "diverged").all()
+
+
+def test_evaluator_executes_action_chunks_open_loop(hopper_minari):
+    dataset = load_dataset(hopper_minari)
+    evaluator = Evaluator(dataset.spec, seeds=(0,), episodes=2)
+    single_calls, chunk_calls = [], []
+
+    def single(observations, call_index):
+        single_calls.append(call_index)
+        return np.zeros(observations.shape[:2] + (3,))
+
+    def chunked(observations, call_index):
+        chunk_calls.append(call_index)
+        return np.zeros(observations.shape[:2] + (4, 3))
+
+    per_step = evaluator.run(single)
+    per_chunk = evaluator.run(chunked)
+    np.testing.assert_array_equal(per_step, per_chunk)  # same actions, so the same episodes
+    assert len(chunk_calls) == -(-len(single_calls) // 4)  # one call per 4 steps of the longest episode
+    assert chunk_calls == list(range(len(chunk_calls)))
