@@ -344,3 +344,17 @@ def test_report_cli_missing_results(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
     assert "no runs parquet files" in result.output
+
+
+def test_notebook_reads_the_parquet_and_reproduces_the_aggregate(results_dir: Path, monkeypatch) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(Path(__file__).parents[1] / "notebooks" / "leaderboard.ipynb", as_version=4)
+    monkeypatch.setenv("OFFBENCH_RESULTS", str(results_dir))
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    assert (results_dir / "notebook_aggregate.png").stat().st_size > 0
+    table = next(o for o in notebook.cells[4].outputs if o.get("output_type") == "execute_result")
+    text = table["data"]["text/plain"]
+    runs = pd.read_parquet(results_dir / "runs")
+    for algorithm in runs["algorithm"].unique():
+        assert algorithm in text
