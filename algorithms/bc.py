@@ -12,6 +12,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
 from offbench.algorithms.config import BaseConfig
 from offbench.algorithms.nets import DeterministicActor
 from offbench.algorithms.sampling import Batch

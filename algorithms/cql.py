@@ -25,6 +25,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
 from offbench.algorithms.config import BaseConfig
 from offbench.algorithms.nets import polyak, sample_tanh_gaussian
 from offbench.algorithms.sampling import Batch

@@ -15,6 +15,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
 from offbench.algorithms.config import BaseConfig, RewardNormalization
 from offbench.algorithms.nets import CriticEnsemble, GaussianPolicy, ValueNetwork, gaussian_log_prob, polyak
 from offbench.algorithms.sampling import Batch

@@ -13,6 +13,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
 from offbench.algorithms.config import BaseConfig
 from offbench.algorithms.nets import CriticEnsemble, DeterministicActor, polyak
 from offbench.algorithms.sampling import Batch

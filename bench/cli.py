@@ -242,8 +242,9 @@ def check(
     ] = 0.02,
 ) -> None:
     """Fail (exit 1) when final scores regress beyond seed noise relative to a baseline."""
-    from offbench.bench import check as checking
     from rich.console import Console as StdoutConsole
+
+    from offbench.bench import check as checking
 
     try:
         if write_baseline:
@@ -331,6 +332,55 @@ def datasets_info(dataset: Annotated[str, typer.Argument(help="Minari id or HDF5
         fail(str(error))
     for key, value in {**data.summary(), **(catalog.read_quality(dataset) or {})}.items():
         print(f"{key:28s} {value}")
+
+
+@app.command()
+def perf(
+    algorithm: Annotated[
+        list[str], typer.Option(help="Algorithms to measure (repeatable; default all).")
+    ] = [],  # noqa: B006
+    seeds: Annotated[str, typer.Option(help="Seed counts to vmap, e.g. '1,4,16'.")] = "1,4,16",
+    size: Annotated[list[int], typer.Option(help="Synthetic dataset sizes (repeatable).")] = [200_000],  # noqa: B006
+    chunk: Annotated[int, typer.Option(help="Updates per timed chunk.")] = 200,
+    out: Annotated[Path, typer.Option(help="Directory for the perf parquet.")] = Path("results/perf"),
+) -> None:
+    """Measure updates/s per seed, compile time, FLOPs and the matmul-roofline fraction per algorithm."""
+    from rich.table import Table
+
+    from offbench.algorithms import available_algorithms
+    from offbench.bench import perf as perf_module
+
+    counts = [int(x) for x in seeds.split(",")]
+    frame = perf_module.run(algorithm or available_algorithms(), counts, size, chunk=chunk, out=out)
+    table = Table(title=f"offbench perf on {frame['device'].iloc[0]}")
+    for column in (
+        "algorithm",
+        "seeds",
+        "dataset size",
+        "updates/s/seed",
+        "compile s",
+        "GFLOP/update",
+        "roofline %",
+    ):
+        table.add_column(column, justify="right")
+    for row in frame.itertuples():
+        table.add_row(
+            row.algorithm,
+            str(row.seeds),
+            f"{row.dataset_size:,}",
+            f"{row.updates_per_second_per_seed:,.0f}",
+            f"{row.compile_seconds:.1f}",
+            f"{row.flops_per_update / 1e9:.3f}",
+            f"{100 * row.roofline_fraction:.0f}",
+        )
+    Console().print(table)
+    first = frame.iloc[0]
+    print(
+        f"evaluation: {first.evaluation_env_steps_per_second:,.0f} env steps/s through the evaluator, "
+        f"{first.bare_env_steps_per_second:,.0f} bare; "
+        f"overhead {100 * first.evaluation_overhead_fraction:.0f}%"
+    )
+    print(f"written: {out}")
 
 
 @app.command("algorithms")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
+
 from offbench.datasets.dataset import DatasetSpec
 from offbench.datasets.sources import flatten_observation, make_env
 

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
 from offbench.bench import stats
 
 CONFIDENCE = 0.95

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from offbench.datasets.dataset import DatasetSpec
 
 SCHEMA_VERSION = 1

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from offbench.datasets.dataset import Dataset, DatasetError
 
 SACO_BINS = 5

@@ -14,6 +14,7 @@ from pathlib import Path
 import gymnasium as gym
 import h5py
 import numpy as np
+
 from offbench.datasets.dataset import (
     Dataset,
     DatasetError,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from offbench.datasets.generate.rollout import rollout_episodes, write_minari
 
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from offbench.algorithms import bc, get_algorithm, iql, td3bc
 from offbench.algorithms.config import resolve_config
 from offbench.algorithms.sampling import Batch

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from offbench.bench import check, results
-from offbench.bench.cli import app
 from scipy import stats as scipy_stats
 from typer.testing import CliRunner
+
+from offbench.bench import check, results
+from offbench.bench.cli import app
 
 SEEDS = range(3)
 # Per pair: the final scores of seeds 0-2 (std 5.0 for td3bc, 2.0 for iql).

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
+from typer.testing import CliRunner
+
 from offbench.bench.cli import app, parse_seeds
 from offbench.datasets.sources import write_d4rl_hdf5
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

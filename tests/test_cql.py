@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from offbench.algorithms import cql, get_algorithm, sampling
 from offbench.algorithms.sampling import Batch
 from offbench.bench.train import init_states, make_train_chunk, seed_keys, state_axes

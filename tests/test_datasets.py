@@ -14,6 +14,7 @@ import minari
 import numpy as np
 import pytest
 from minari.data_collector import EpisodeBuffer
+
 from offbench.algorithms.sampling import gather
 from offbench.datasets.dataset import (
     OBSERVATION_STD_EPSILON,

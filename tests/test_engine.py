@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+
 from offbench.algorithms import get_algorithm, sampling
 from offbench.bench import results
 from offbench.bench.evaluate import Evaluator, reset_seeds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from offbench.bench.train import Job, run_job
 from offbench.datasets.generate.rollout import rollout_episodes, write_minari
 

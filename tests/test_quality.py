@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+
 from offbench.datasets.dataset import DatasetError, DatasetSpec, build_dataset
 from offbench.datasets.quality import (
     SACO_BINS,

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
+
 from offbench.bench import results, stats
 from offbench.bench.cli import app
 from offbench.bench.report import write_report
-from typer.testing import CliRunner
 
 REPS = 2_000
 SEED = 3

@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.special import ndtr
+
 from offbench.algorithms.nets import sample_tanh_gaussian
 from offbench.datasets.generate import policies, sac
-from scipy.special import ndtr
 
 # ------------------------------------------------------------------------------------------------
 # Tanh-Gaussian log-probability

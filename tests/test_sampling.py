@@ -9,11 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
+
 from offbench.algorithms import available_algorithms, get_algorithm, sampling
 from offbench.algorithms.config import BaseConfig
 from offbench.bench.train import init_states, make_train_chunk, seed_keys, shared_arrays
 from offbench.datasets.dataset import DatasetSpec, build_dataset
-from scipy import stats
 
 SPEC = DatasetSpec(id="hand", source="test", env_id=None, observation_dim=1, action_dim=1,
                    action_low=(-1.0,), action_high=(1.0,))

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
+
 from offbench.bench import stats
 
 # Pooled and sorted: 0, 1, 2, 3, 10, 20, 30, 100 -> the middle half is 2, 3, 10, 20 -> IQM = 35 / 4.

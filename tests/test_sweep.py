@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from offbench.bench.suite import SuiteError, builtin_suites, load_suite, parse_suite
 from offbench.bench.sweep import plan, sweep
 

@@ -43,7 +43,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import typer
-from offbench.datasets.generate import sac
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -54,6 +53,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from offbench.datasets.generate import sac
 
 ENV_IDS: dict[str, str] = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 POLICIES_DIR = Path(__file__).resolve().parent.parent / "policies"

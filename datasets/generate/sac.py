@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
 from offbench.algorithms.nets import CriticEnsemble, TanhGaussianActor, polyak, sample_tanh_gaussian
 
 Batch = dict[str, jax.Array]
