@@ -289,14 +289,13 @@ def datasets_generate(
 
     envs = env or list(catalog.ENVS)
     try:
-        for name in envs:
-            catalog.check_env(name)
+        for name in envs:  # every environment is checked (policies included) before any is generated
+            catalog.plan_generation(name, size=size, overwrite=overwrite)
         for name in envs:
             with console.status(f"generating offbench/{name}/*"):
                 written = catalog.generate_env(
-                    name, size=size, seed=seed, overwrite=overwrite, log=console.print
+                    name, size=size, seed=seed, overwrite=overwrite, log=console.print, quality=True
                 )
-                catalog.compute_quality(name)
             console.print(f"{name}: {len(written)} datasets written under {catalog.minari_datasets_path()}")
     except (DatasetError, ValueError, FileNotFoundError) as error:
         fail(str(error))
