@@ -22,7 +22,10 @@ REGISTRY: dict[str, str] = {
     "bc": "offbench.algorithms.bc",
     "td3bc": "offbench.algorithms.td3bc",
     "iql": "offbench.algorithms.iql",
+    "a2pr": "offbench.algorithms.a2pr",
+    "prdc": "offbench.algorithms.prdc",
     "cql": "offbench.algorithms.cql",
+    "dqc": "offbench.algorithms.dqc",
 }
 
 

@@ -20,6 +20,10 @@ Samplers (any algorithm can use any of them; see reference/algorithms.md §3):
   p = ``cfg.sampler_top_fraction``.
 
 Weights are static: computed once, in float64, and drawn from an exact alias table in O(1) per draw.
+
+Action chunks (DQC / QC, reference/algorithms.md §4.9): a config with a ``critic_horizon`` H asks for
+H-step windows instead of transitions (``draw`` dispatches on it). The window's start index comes from
+the configured sampler, so chunks compose with rw/aw/topk; see ``gather_chunks`` for the window rules.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from offbench.algorithms.config import BaseConfig
 from offbench.datasets.dataset import Dataset
 
@@ -67,6 +72,23 @@ class TrainingData:
     alias_index: jax.Array | None = None  # [N] int32
     # topk: the indices of the kept transitions, drawn uniformly.
     subset: jax.Array | None = None  # [K] int32
+    # Chunked configs: transitions from each row to its episode's last row, that row included.
+    steps_to_end: jax.Array | None = None  # [N] int32
+
+
+@flax.struct.dataclass
+class ChunkBatch:
+    """H-step windows a_{t:t+H} from sampled start indices t (see ``gather_chunks``)."""
+
+    observations: jax.Array  # [B, obs] s_t
+    actions: jax.Array  # [B, H, act]; steps past the window repeat its last action
+    rewards: jax.Array  # [B, H] r_{t+j}, 0 past the window
+    valid: jax.Array  # [B, H] 1.0 for the k* steps inside the window, 0.0 for the padding
+    returns: jax.Array  # [B] sum_{j<k*} gamma^j r_{t+j}
+    next_observations: jax.Array  # [B, obs] s_{t+k*}, the bootstrap observation
+    discounts: jax.Array  # [B] gamma^{k*}
+    # 0 when the window ends at a true terminal (no bootstrap), else 1 (timeouts still bootstrap).
+    masks: jax.Array  # [B]
 
 
 def reward_transform(dataset: Dataset, cfg: BaseConfig) -> tuple[float, float]:
@@ -245,6 +267,9 @@ def prepare(dataset: Dataset, cfg: BaseConfig) -> TrainingData:
             # A full column (ALIAS_UNIT) aliases itself, so storing ALIAS_UNIT - 1 changes nothing.
             tables["alias_threshold"] = jnp.asarray(np.minimum(threshold, ALIAS_UNIT - 1).astype(np.uint32))
             tables["alias_index"] = jnp.asarray(alias, jnp.int32)
+    horizon = chunk_horizon(cfg)
+    if horizon is not None:
+        tables["steps_to_end"] = jnp.asarray(steps_to_episode_end(dataset, horizon))
     if cfg.normalize_observations:
         dataset = dataset.normalized_observations()
     scale, shift = reward_transform(dataset, cfg)
@@ -279,3 +304,90 @@ def gather(dataset: Dataset, indices: jax.Array) -> Batch:
 
 def sample(data: TrainingData, key: jax.Array, batch_size: int) -> Batch:
     return gather(data.dataset, sample_indices(data, key, batch_size))
+
+
+def chunk_horizon(cfg: BaseConfig) -> int | None:
+    """The critic chunk length H a config asks for (its ``critic_horizon`` field), or None."""
+    return getattr(cfg, "critic_horizon", None)
+
+
+def steps_to_episode_end(dataset: Dataset, horizon: int) -> np.ndarray:
+    """Per row, the number of transitions from it to its episode's last row inclusive (int32).
+
+    Refuses datasets where H-step windows are meaningless: no episode boundaries at all (windows would
+    run across unknown episode ends) or no episode as long as ``horizon``.
+    """
+    if horizon < 1:
+        raise ValueError(f"the chunk length (critic_horizon) must be at least 1, got {horizon}.")
+    if not dataset.episode_ends.any():
+        raise ValueError(
+            f"dataset {dataset.spec.id!r} has no episode boundaries: no transition is marked terminal or "
+            "timeout, so action chunks cannot be kept inside episodes. Chunked samplers (DQC, QC) need the "
+            "episode ends; load a source that records terminations/truncations."
+        )
+    lengths = np.asarray(dataset.episodes.length)
+    if horizon > lengths.max():
+        raise ValueError(
+            f"chunk length critic_horizon={horizon} is longer than every episode of dataset "
+            f"{dataset.spec.id!r} (the longest has {int(lengths.max())} steps); choose "
+            f"critic_horizon <= {int(lengths.max())}."
+        )
+    starts, episode_id = np.asarray(dataset.episodes.start), np.asarray(dataset.episode_id)
+    ends = (starts + lengths)[episode_id]
+    return (ends - np.arange(dataset.size)).astype(np.int32)
+
+
+def gather_chunks(data: TrainingData, starts: jax.Array, horizon: int, discount: float) -> ChunkBatch:
+    """The H-step windows starting at ``starts`` (reference/algorithms.md §4.9, item 1).
+
+    The window holds k* = min(H, steps to the episode's end) steps: it stops at the first terminal or
+    timeout. Its return is sum_{j<k*} gamma^j r_{t+j}, it bootstraps from s_{t+k*} (the next observation
+    of its last step) with gamma^{k*}, and the mask is 0 only when that last step is a true terminal.
+    A window cut by a timeout (or by the end of an unfinished trailing episode) is kept and bootstraps
+    from the timeout's next observation, like a one-step TD backup at a time limit: nothing is dropped,
+    where §4.9 (and QC's ``valid[..., -1]``) drops or masks such windows. Dropping them would leave the
+    last H - 1 states of every time-limited episode without a critic target (2.4% of a D4RL locomotion
+    dataset at H = 25) and is not needed for a correct backup: a time limit is not an end of the MDP.
+    The price: a critic fed the padded chunk learns R_{k*} + gamma^{k*} V(s_{t+k*}), i.e. the value of the
+    k* dataset actions followed by the value's implicit policy, not of the padded actions themselves.
+    Steps past k* are padding: the actions repeat the last valid one, rewards are 0, ``valid`` marks
+    them 0.
+    """
+    dataset = data.dataset
+    lengths = jnp.minimum(data.steps_to_end[starts], horizon)
+    offsets = jnp.arange(horizon)
+    valid = offsets[None, :] < lengths[:, None]
+    rows = starts[:, None] + jnp.minimum(offsets[None, :], lengths[:, None] - 1)
+    rewards = jnp.where(valid, dataset.rewards[rows], 0.0)
+    powers = jnp.asarray(discount, jnp.float32) ** offsets
+    last = starts + lengths - 1
+    return ChunkBatch(
+        observations=dataset.observations[starts],
+        actions=dataset.actions[rows],
+        rewards=rewards,
+        valid=valid.astype(jnp.float32),
+        returns=(rewards * powers).sum(axis=-1),
+        next_observations=dataset.next_observations[last],
+        discounts=jnp.asarray(discount, jnp.float32) ** lengths,
+        masks=1.0 - dataset.terminals[last].astype(jnp.float32),
+    )
+
+
+def sample_chunks(
+    data: TrainingData, key: jax.Array, batch_size: int, horizon: int, discount: float
+) -> ChunkBatch:
+    """``batch_size`` H-step windows whose start indices come from the configured sampler."""
+    if data.steps_to_end is None:
+        raise ValueError(
+            "this TrainingData was prepared for single transitions; prepare it with a config that sets "
+            "critic_horizon to sample action chunks."
+        )
+    return gather_chunks(data, sample_indices(data, key, batch_size), horizon, discount)
+
+
+def draw(data: TrainingData, key: jax.Array, cfg: BaseConfig) -> Batch | ChunkBatch:
+    """One training minibatch as ``cfg`` asks: H-step chunks when it has a ``critic_horizon``."""
+    horizon = chunk_horizon(cfg)
+    if horizon is None:
+        return sample(data, key, cfg.batch_size)
+    return sample_chunks(data, key, cfg.batch_size, horizon, cfg.discount)

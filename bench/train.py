@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from offbench.algorithms import Algorithm, get_algorithm, sampling
 from offbench.algorithms.config import resolve_config
 from offbench.bench import checkpoint, results
@@ -61,7 +62,7 @@ def make_train_chunk(algorithm: Algorithm, cfg: Any, num_updates: int) -> Callab
 
         def one_update(state: Any, key: jax.Array):
             key, sample_key, update_key = jax.random.split(key, 3)
-            batch = sampling.sample(data, sample_key, cfg.batch_size)
+            batch = sampling.draw(data, sample_key, cfg)  # transitions, or H-step chunks (DQC)
             state, metrics = algorithm.update(state, batch, update_key, cfg, **extra)
             return state, key, metrics
 

@@ -316,8 +316,11 @@ def test_designate_picks_best_and_closest_to_forty_percent() -> None:
         return {"snapshots": [{"name": f"s{i}", "steps": i, "return_mean": r} for i, r in enumerate(returns)]}
 
     designated = policies.designate(manifest([100.0, 900.0, 3000.0, 1300.0, 1150.0, 2900.0]))
-    assert (designated["expert"], designated["medium"]) == ("s2", "s4")  # window [1000, 1500], 40% = 1200
+    assert (designated["expert"], designated["medium"]) == ("s2", "s4")  # window [750, 1500], 40% = 1200
     assert policies.designate(manifest([100.0, 3000.0, 1600.0]))["medium"] is None
+    # Hopper's case: the curve jumps past the window, and 30% of the expert is the only candidate.
+    assert policies.designate(manifest([4.0, 1019.0, 3396.0, 3429.0]))["medium"] == "s1"
+    assert policies.designate(manifest([4.0, 700.0, 3396.0, 3000.0]))["medium"] is None
     assert policies.designate(manifest([145.0, 326.0]))["medium"] is None  # step 0 is never medium
     all_negative = policies.designate(manifest([-300.0, -100.0]))
     assert (all_negative["expert"], all_negative["medium"]) == ("s1", None)

@@ -220,8 +220,9 @@ def test_topk_subset_runs_in_the_engine():
     assert np.asarray(finite).all() and int(states.step) == 3
 
 
-# Shared across the tests below, so each sampler's draw compiles once.
-draw = jax.jit(sampling.sample, static_argnums=2)
+# Shared across the tests below, so each (config, sampler) draw compiles once. ``draw`` gives the batch
+# the config asks for: transitions, or H-step chunks for configs with a critic_horizon (DQC).
+draw = jax.jit(sampling.draw, static_argnums=2)
 
 
 @pytest.mark.parametrize("name", available_algorithms())
@@ -235,6 +236,8 @@ def test_every_algorithm_trains_with_every_sampler(name):
     algorithm = get_algorithm(name)
     # Small networks for speed, whatever an algorithm calls them (actor_hidden_dims, ...).
     small = {f.name: (8, 8) for f in dataclasses.fields(algorithm.Config) if f.name.endswith("hidden_dims")}
+    if hasattr(algorithm.Config, "critic_horizon"):  # chunked algorithms: windows that fit these episodes
+        small |= {"critic_horizon": 3, "action_horizon": 2}
     cfg = algorithm.Config(batch_size=8, total_steps=3, **small)
     update = jax.jit(algorithm.update, static_argnums=3)
     prepared = sampling.prepare(dataset, cfg)
@@ -245,7 +248,7 @@ def test_every_algorithm_trains_with_every_sampler(name):
         data = sampling.prepare(dataset, dataclasses.replace(cfg, sampler=sampler, sampler_temperature=0.5))
         state = initial
         for step in range(3):
-            batch = draw(data, jax.random.key(step), cfg.batch_size)
+            batch = draw(data, jax.random.key(step), cfg)
             state, _ = update(state, batch, jax.random.key(100 + step), cfg, **extra)
         assert int(state.step) == 3, sampler
         for leaf in jax.tree.leaves(state):

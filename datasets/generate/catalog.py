@@ -165,7 +165,7 @@ def load_policies(env: str, need_medium: bool, policies_dir: Path | str | None =
     for role in ("expert", "medium") if need_medium else ("expert",):
         if manifest.get(role) is None:
             why = (
-                "its return must lie between a third and a half of the expert's"
+                "its return must lie between a quarter and a half of the expert's"
                 if role == "medium"
                 else "no snapshot has been evaluated"
             )

@@ -65,9 +65,11 @@ ACTOR_FILE = "actor.msgpack"
 # snapshots of all runs are scored on the same 100 initial states.
 EVAL_SEED = 1_000_000
 # D4RL's "medium" policy reached about a third of the expert's return; offbench aims for 40% and accepts
-# anything between a third and a half.
+# anything between a quarter and a half. The lower edge is below a third because SAC's return on Hopper
+# jumps from ~30% to ~99% of the expert's within one 50k-step snapshot interval (1019 at step 250k, 3396 at
+# 300k for seed 0), so a strict third would leave Hopper without a medium policy.
 MEDIUM_FRACTION = 0.4
-MEDIUM_WINDOW = (1.0 / 3.0, 0.5)
+MEDIUM_WINDOW = (0.25, 0.5)
 CHECKPOINT_FORMAT = 1
 KEEP_CHECKPOINTS = 2
 
@@ -703,8 +705,8 @@ def load_policy(env: str, name: str = "expert", policies_dir: Path | None = None
     snapshot_name = manifest.get(name, name) if name in ("expert", "medium") else name
     if snapshot_name is None:
         raise ValueError(
-            f"{manifest_path} designates no {name!r} snapshot yet (medium needs a return between a third and "
-            f"a half of the expert's); continue training with {fix}."
+            f"{manifest_path} designates no {name!r} snapshot yet (medium needs a return between a quarter "
+            f"and a half of the expert's); continue training with {fix}."
         )
     entries = {s["name"]: s for s in manifest.get("snapshots", [])}
     if snapshot_name not in entries:

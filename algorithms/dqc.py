@@ -1,0 +1,356 @@
+"""DQC (Li, Park & Levine, 2025): decoupled Q-chunking, ported to reward-based offline RL.
+
+Spec: reference/algorithms.md §4.3 (losses), §4.4 (action selection), §4.5 (hyper-parameters) and the
+reward-based port of §4.9; the official code (ColinQiyangLi/dqc) is goal-conditioned with sigmoid/BCE
+heads, so every head here is an unbounded scalar trained with a squared or absolute loss.
+
+Four modules, one Adam optimiser over all of them, one joint gradient step on the summed loss:
+1. chunk critic Q_H^i(s_t, a_{t:t+H}), an ensemble, MSE to y = R_H + gamma^{k*} m V(s_{t+k*}) with the
+   *online* value V (no target); R_H, k* and m come from the chunk sampler (``sampling.gather_chunks``:
+   windows stop at the first terminal or timeout and bootstrap at timeouts).
+2. distilled partial critic Q_h^i(s_t, a_{t:t+h_a}), trained toward z^i = Q_H^i(s_t, a_{t:t+H}) (member i
+   from member i, no gradient) with an upper expectile kappa_d (or a kappa_d-quantile), so it
+   approximates the max over chunk completions. Only this critic has a target network (tau = 0.005).
+3. value V(s_t), an implicit max over dataset partial chunks: the upper kappa_b-quantile (absolute loss;
+   the official choice) or kappa_b-expectile of q = agg_i Q̄_h^i(s_t, a_{t:t+h_a}) (target critic).
+4. actor: flow-matching behaviour cloning over the flattened h_a-step chunk, not conditioned on Q.
+   Steps of the chunk past the window's end (padding) are masked out of the loss, QC's choice.
+At evaluation (``act``): N candidate chunks from the flow (Euler, ``flow_steps`` steps, clipped to the
+action bounds), scored by agg_i Q_h^i with the online critic; the best one's h_a actions are executed
+open-loop by the evaluator, which then re-plans.
+
+Ablations (§4.3 item 6; ``ablation`` builds the overrides): with ``use_chunk_critic=False`` there is no
+Q_H and Q_h is trained directly on y with weight kappa_d (0.5 = plain MSE). QC: h_a = H. QC-NS: h_a < H.
+NS: h_a = 1 (n-step with n = H). OS: H = h_a = 1 (one-step TD).
+
+Defaults and departures:
+- Config defaults are a CPU size: 4 x 256 networks, batch 256. The paper's size (4 x 1024, batch 4096,
+  ``FULL_SCALE``) is for GPUs. Horizons H = 25, h_a = 5 are the paper's main setting. gamma = 0.99 and
+  agg = min are §4.9's choices for reward-based data; kappa_b = 0.9 and kappa_d = 0.8 are the upper ends
+  of its ranges (0.7-0.9, 0.5-0.8), close to the paper's cube setting (0.93, 0.8). None is tuned yet.
+- The MLPs follow OGBench's layer order (Dense -> GELU -> LayerNorm, variance-scaling fan_avg uniform
+  init, linear output), defined below because ``nets.MLP`` normalises before the activation.
+- Observations follow ``normalize_observations`` (on by default, as the other locomotion baselines);
+  OGBench datasets (ids containing "ogbench") use raw observations as DQC does.
+- The BC loss masks the padded steps of a partial chunk per step (QC's form: mean over all entries of
+  the masked squared error); the official DQC code instead weights a whole sample by the validity of
+  its chunk's last step, which is always 1 there because its windows never cross an episode end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from offbench.algorithms.config import BaseConfig
+from offbench.algorithms.nets import Dense, polyak
+from offbench.algorithms.sampling import ChunkBatch
+from offbench.datasets.dataset import Dataset
+
+# Evaluation samples candidate chunks: the engine passes a key to ``act``.
+ACT_NEEDS_KEY = True
+
+AGGREGATIONS = ("min", "mean")
+BACKUPS = ("quantile", "expectile")
+DISTILLATIONS = ("expectile", "quantile")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(BaseConfig):
+    # CPU size; FULL_SCALE holds the paper's 4 x 1024 networks and batch 4096.
+    hidden_dims: tuple[int, ...] = (256, 256, 256, 256)
+    lr: float = 3e-4
+    critic_horizon: int = 25  # H: the chunk critic's window, and the backup length
+    action_horizon: int = 5  # h_a: the policy's chunk, executed open-loop
+    use_chunk_critic: bool = True  # False: QC / QC-NS / NS / OS (no Q_H; Q_h trained on y)
+    num_critics: int = 2
+    kappa_b: float = 0.9  # implicit value backup: upper quantile / expectile
+    kappa_d: float = 0.8  # distillation expectile (0.5 for the ablations: symmetric)
+    implicit_backup: str = "quantile"
+    distill_method: str = "expectile"
+    q_agg: str = "min"  # ensemble aggregation for the value target and the best-of-N score
+    num_samples: int = 32  # best-of-N
+    flow_steps: int = 10
+    tau: float = 0.005  # target distilled critic only
+
+    def __post_init__(self) -> None:
+        if self.action_horizon < 1:
+            raise ValueError(f"action_horizon (h_a) must be at least 1, got {self.action_horizon}.")
+        if self.critic_horizon < self.action_horizon:
+            raise ValueError(
+                f"critic_horizon H={self.critic_horizon} is shorter than action_horizon "
+                f"h_a={self.action_horizon}: the policy's chunk must fit inside the critic's (H >= h_a)."
+            )
+        for name, value, allowed in (
+            ("q_agg", self.q_agg, AGGREGATIONS),
+            ("implicit_backup", self.implicit_backup, BACKUPS),
+            ("distill_method", self.distill_method, DISTILLATIONS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
+        for name in ("kappa_b", "kappa_d"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)!r}.")
+        for name in ("num_critics", "num_samples", "flow_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
+
+
+# The paper's network and batch size (§4.5), for GPU runs: pass as hyper-parameter overrides.
+FULL_SCALE: dict[str, Any] = {"hidden_dims": (1024, 1024, 1024, 1024), "batch_size": 4096}
+
+# DQC trains on raw observations in OGBench (§4.2); locomotion keeps the base normalisation.
+DATASET_OVERRIDES = (("*ogbench*", {"normalize_observations": False}),)
+
+
+def ablation(name: str, horizon: int = 25, action_horizon: int = 5) -> dict[str, Any]:
+    """Hyper-parameter overrides for DQC and the paper's baselines (§4.3 item 6, §4.6).
+
+    ``dqc``: DQC(H, h_a). ``qc``: QC(H), one critic over the whole H-chunk. ``qc_ns``: QC-NS(n = H, h_a).
+    ``ns``: n-step with a single action, n = H. ``os``: one-step TD. The baselines distil with
+    kappa_d = 0.5, i.e. a plain MSE to the backup target, as in the official runs.
+    """
+    baseline = {"use_chunk_critic": False, "kappa_d": 0.5}
+    table = {
+        "dqc": {"critic_horizon": horizon, "action_horizon": action_horizon},
+        "qc": {**baseline, "critic_horizon": horizon, "action_horizon": horizon},
+        "qc_ns": {**baseline, "critic_horizon": horizon, "action_horizon": action_horizon},
+        "ns": {**baseline, "critic_horizon": horizon, "action_horizon": 1},
+        "os": {**baseline, "critic_horizon": 1, "action_horizon": 1},
+    }
+    if name not in table:
+        raise ValueError(f"unknown DQC variant {name!r}; available: {', '.join(table)}.")
+    return table[name]
+
+
+class MLP(nn.Module):
+    """OGBench's MLP: Dense -> GELU -> LayerNorm per hidden layer, then a linear output layer."""
+
+    hidden_dims: Sequence[int]
+    output_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for width in self.hidden_dims:
+            x = nn.LayerNorm()(nn.gelu(Dense(width, initialization="variance_scaling")(x)))
+        return Dense(self.output_dim, initialization="variance_scaling")(x)
+
+
+class Critic(nn.Module):
+    """An ensemble of Q(s, flattened chunk) heads, shape ``[num_critics, *batch]``."""
+
+    hidden_dims: Sequence[int]
+    num_critics: int
+
+    @nn.compact
+    def __call__(self, observations: jax.Array, chunks: jax.Array) -> jax.Array:
+        ensemble = nn.vmap(
+            MLP,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num_critics,
+        )
+        inputs = jnp.concatenate([observations, chunks], axis=-1)
+        return ensemble(self.hidden_dims, 1)(inputs).squeeze(-1)
+
+
+class Value(nn.Module):
+    hidden_dims: Sequence[int]
+
+    @nn.compact
+    def __call__(self, observations: jax.Array) -> jax.Array:
+        return MLP(self.hidden_dims, 1)(observations).squeeze(-1)
+
+
+class VectorField(nn.Module):
+    """The flow's velocity v(s, x_t, t) over a flattened h_a-step chunk (unconditional BC)."""
+
+    hidden_dims: Sequence[int]
+    chunk_dim: int
+
+    @nn.compact
+    def __call__(self, observations: jax.Array, chunks: jax.Array, times: jax.Array) -> jax.Array:
+        return MLP(self.hidden_dims, self.chunk_dim)(jnp.concatenate([observations, chunks, times], axis=-1))
+
+
+@flax.struct.dataclass
+class State:
+    # {"actor", "critic", "value"}, plus "chunk_critic" when ``use_chunk_critic``; one optimiser.
+    params: dict
+    critic_target: dict  # the distilled critic Q_h's target
+    opt: optax.OptState
+    step: jax.Array
+    action_dim: int = flax.struct.field(pytree_node=False)
+    action_low: tuple[float, ...] = flax.struct.field(pytree_node=False)
+    action_high: tuple[float, ...] = flax.struct.field(pytree_node=False)
+
+
+def networks(cfg: Config, action_dim: int) -> dict[str, nn.Module]:
+    return {
+        "chunk_critic": Critic(cfg.hidden_dims, cfg.num_critics),
+        "critic": Critic(cfg.hidden_dims, cfg.num_critics),
+        "value": Value(cfg.hidden_dims),
+        "actor": VectorField(cfg.hidden_dims, cfg.action_horizon * action_dim),
+    }
+
+
+def optimizer(cfg: Config) -> optax.GradientTransformation:
+    return optax.adam(cfg.lr)
+
+
+def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
+    spec = dataset.spec
+    nets = networks(cfg, spec.action_dim)
+    keys = jax.random.split(key, 4)
+    observation = jnp.zeros((1, spec.observation_dim))
+    partial = jnp.zeros((1, cfg.action_horizon * spec.action_dim))
+    params = {
+        "critic": nets["critic"].init(keys[0], observation, partial),
+        "value": nets["value"].init(keys[1], observation),
+        "actor": nets["actor"].init(keys[2], observation, partial, jnp.zeros((1, 1))),
+    }
+    if cfg.use_chunk_critic:
+        chunk = jnp.zeros((1, cfg.critic_horizon * spec.action_dim))
+        params["chunk_critic"] = nets["chunk_critic"].init(keys[3], observation, chunk)
+    return State(
+        params=params,
+        critic_target=params["critic"],
+        opt=optimizer(cfg).init(params),
+        step=jnp.zeros((), jnp.int32),
+        action_dim=spec.action_dim,
+        action_low=tuple(float(x) for x in spec.action_low),
+        action_high=tuple(float(x) for x in spec.action_high),
+    )
+
+
+def aggregate(q: jax.Array, how: str) -> jax.Array:
+    """Ensemble aggregation over axis 0: min (pessimistic) or mean."""
+    return q.min(axis=0) if how == "min" else q.mean(axis=0)
+
+
+def asymmetric_loss(target: jax.Array, prediction: jax.Array, kappa: float, kind: str) -> jax.Array:
+    """Elementwise upper-expectile (squared) or upper-quantile (absolute) regression loss.
+
+    The weight is kappa where the target is at or above the prediction, else 1 - kappa, as in the
+    official code's ``where(target >= prediction, kappa, 1 - kappa)``.
+    """
+    weight = jnp.where(target >= prediction, kappa, 1.0 - kappa)
+    diff = target - prediction
+    return weight * (diff**2 if kind == "expectile" else jnp.abs(diff))
+
+
+def flat_chunks(batch: ChunkBatch, cfg: Config) -> tuple[jax.Array, jax.Array]:
+    """(the full H-chunk, the first h_a steps), each flattened to [B, steps * act]."""
+    b = batch.actions.shape[0]
+    return batch.actions.reshape(b, -1), batch.actions[:, : cfg.action_horizon].reshape(b, -1)
+
+
+def backup_targets(params: dict, batch: ChunkBatch, cfg: Config) -> jax.Array:
+    """y = R_H + gamma^{k*} m V(s_{t+k*}), with the online value and no gradient."""
+    next_v = Value(cfg.hidden_dims).apply(params["value"], batch.next_observations)
+    return jax.lax.stop_gradient(batch.returns + batch.discounts * batch.masks * next_v)
+
+
+def loss_fn(
+    params: dict, critic_target: dict, batch: ChunkBatch, key: jax.Array, cfg: Config, action_dim: int
+) -> tuple[jax.Array, dict]:
+    nets = networks(cfg, action_dim)
+    chunk, partial = flat_chunks(batch, cfg)
+    y = backup_targets(params, batch, cfg)
+    info = {"target_mean": y.mean()}
+    q = nets["critic"].apply(params["critic"], batch.observations, partial)  # [E, B]
+
+    # 1-2. Chunk critic, and the distilled critic trained toward it (or directly toward y).
+    if cfg.use_chunk_critic:
+        q_chunk = nets["chunk_critic"].apply(params["chunk_critic"], batch.observations, chunk)
+        chunk_loss = ((q_chunk - y) ** 2).mean()
+        distill_target = jax.lax.stop_gradient(q_chunk)
+        info |= {"chunk_critic_loss": chunk_loss, "q_chunk_mean": q_chunk.mean()}
+    else:
+        chunk_loss = 0.0
+        distill_target = jnp.broadcast_to(y, q.shape)
+    critic_loss = asymmetric_loss(distill_target, q, cfg.kappa_d, cfg.distill_method).mean()
+
+    # 3. Implicit value backup from the target distilled critic on the dataset's partial chunk.
+    q_target = aggregate(nets["critic"].apply(critic_target, batch.observations, partial), cfg.q_agg)
+    v = nets["value"].apply(params["value"], batch.observations)
+    value_loss = asymmetric_loss(jax.lax.stop_gradient(q_target), v, cfg.kappa_b, cfg.implicit_backup).mean()
+
+    # 4. Flow-matching BC over the h_a-chunk; padded steps (past the window's end) are masked out.
+    noise_key, time_key = jax.random.split(key)
+    x0 = jax.random.normal(noise_key, partial.shape)
+    t = jax.random.uniform(time_key, (partial.shape[0], 1))
+    velocity = nets["actor"].apply(params["actor"], batch.observations, (1.0 - t) * x0 + t * partial, t)
+    error = ((velocity - (partial - x0)) ** 2).reshape(partial.shape[0], cfg.action_horizon, -1)
+    bc_loss = (error * batch.valid[:, : cfg.action_horizon, None]).mean()
+
+    total = chunk_loss + critic_loss + value_loss + bc_loss
+    info |= {
+        "critic_loss": critic_loss,
+        "value_loss": value_loss,
+        "bc_loss": bc_loss,
+        "q_mean": q.mean(),
+        "v_mean": v.mean(),
+        "total_loss": total,
+    }
+    return total, info
+
+
+def update(state: State, batch: ChunkBatch, key: jax.Array, cfg: Config) -> tuple[State, dict]:
+    grads, info = jax.grad(loss_fn, has_aux=True)(
+        state.params, state.critic_target, batch, key, cfg, state.action_dim
+    )
+    updates, opt = optimizer(cfg).update(grads, state.opt, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(
+        params=params,
+        opt=opt,
+        critic_target=polyak(state.critic_target, params["critic"], cfg.tau),
+        step=state.step + 1,
+    ), info
+
+
+def flow_candidates(state: State, observations: jax.Array, key: jax.Array, cfg: Config) -> jax.Array:
+    """N candidate chunks per observation, [N, B, h_a * act]: Euler steps of the BC flow, clipped."""
+    actor = networks(cfg, state.action_dim)["actor"]
+    n, b = cfg.num_samples, observations.shape[0]
+    obs = jnp.broadcast_to(observations, (n, *observations.shape))
+    x = jax.random.normal(key, (n, b, cfg.action_horizon * state.action_dim))
+
+    def euler(i, x):
+        t = jnp.full((n, b, 1), i / cfg.flow_steps)
+        return x + actor.apply(state.params["actor"], obs, x, t) / cfg.flow_steps
+
+    x = jax.lax.fori_loop(0, cfg.flow_steps, euler, x)
+    low = jnp.tile(jnp.asarray(state.action_low, x.dtype), cfg.action_horizon)
+    high = jnp.tile(jnp.asarray(state.action_high, x.dtype), cfg.action_horizon)
+    return jnp.clip(x, low, high)
+
+
+def score_chunks(state: State, observations: jax.Array, chunks: jax.Array, cfg: Config) -> jax.Array:
+    """Q_h^i(s, chunk) from the online distilled critic, [E, N, B] for chunks [N, B, h_a * act]."""
+    obs = jnp.broadcast_to(observations, (chunks.shape[0], *observations.shape))
+    return networks(cfg, state.action_dim)["critic"].apply(state.params["critic"], obs, chunks)
+
+
+def best_of_n(candidates: jax.Array, scores: jax.Array) -> jax.Array:
+    """For every batch entry, the candidate with the highest score: [N, B, D], [N, B] -> [B, D]."""
+    best = jnp.argmax(scores, axis=0)
+    return candidates[best, jnp.arange(candidates.shape[1])]
+
+
+def act(state: State, observations: jax.Array, cfg: Config, key: jax.Array) -> jax.Array:
+    """The best of N sampled h_a-chunks under agg_i Q_h^i: [B, h_a, act], executed open-loop."""
+    candidates = flow_candidates(state, observations, key, cfg)
+    scores = aggregate(score_chunks(state, observations, candidates, cfg), cfg.q_agg)
+    chunk = best_of_n(candidates, scores)
+    return chunk.reshape(observations.shape[0], cfg.action_horizon, state.action_dim)
