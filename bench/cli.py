@@ -65,7 +65,13 @@ def fail(message: str) -> None:
 @app.command()
 def run(
     algorithm: Annotated[str, typer.Option(help="Algorithm name, e.g. td3bc, iql, bc.")],
-    dataset: Annotated[str, typer.Option(help="Minari dataset id or path to a D4RL-format .hdf5 file.")],
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="Minari dataset id, OGBench singletask name, or path to a D4RL-format .hdf5 or OGBench "
+            ".npz file."
+        ),
+    ],
     seeds: Annotated[
         str, typer.Option(help="Seeds trained together (vmapped): '0-4', '0,2,5' or '3'.")
     ] = "0-2",
@@ -81,7 +87,7 @@ def run(
     ] = [],  # noqa: B006
     env: Annotated[str | None, typer.Option(help="Evaluation env id, when the dataset names none.")] = None,
     download: Annotated[
-        bool, typer.Option(help="Download a missing Minari dataset (needs internet).")
+        bool, typer.Option(help="Download a missing Minari or OGBench dataset (needs internet).")
     ] = False,
 ) -> None:
     """Train and evaluate one algorithm on one dataset, several seeds at once."""
@@ -277,25 +283,60 @@ app.add_typer(datasets_app, name="datasets")
 @datasets_app.command("generate")
 def datasets_generate(
     env: Annotated[
-        list[str], typer.Option(help="hopper, halfcheetah, walker2d (repeatable; default all).")
+        list[str],
+        typer.Option(
+            help="hopper, halfcheetah, walker2d, or ogbench-cube-single (OGBench play data from its scripted "
+            "oracle); repeatable; default: the three MuJoCo environments."
+        ),
     ] = [],  # noqa: B006
     size: Annotated[int, typer.Option(help="Transitions per base dataset.")] = 100_000,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives identical arrays.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace datasets that already exist.")] = False,
+    task: Annotated[
+        list[int],
+        typer.Option(
+            help="OGBench singletask task(s), 1-5, that label the play data (repeatable; default 1)."
+        ),
+    ] = [],  # noqa: B006
 ) -> None:
-    """Generate offbench/<env>/* datasets from the committed behaviour policies (no internet)."""
-    from offbench.datasets.dataset import DatasetError
-    from offbench.datasets.generate import catalog
+    """Generate offbench/<env>/* datasets from the committed behaviour policies, and OGBench play data
+    (offbench/ogbench/*) from OGBench's scripted oracle (no internet)."""
+    from offbench.datasets.dataset import DatasetError, suggest
+    from offbench.datasets.generate import catalog, ogbench_play
 
     envs = env or list(catalog.ENVS)
+    known = [*catalog.ENVS, *ogbench_play.CLI_ENVS]
+    tasks = tuple(task) or (ogbench_play.DEFAULT_TASK,)
     try:
+        unknown = [name for name in envs if name not in known]
+        if unknown:
+            raise DatasetError(
+                f"unknown environment {unknown[0]!r}.{suggest(unknown[0], known)} "
+                f"Choose from {', '.join(known)}."
+            )
+        if task and not any(name in ogbench_play.CLI_ENVS for name in envs):
+            raise DatasetError("--task labels OGBench play data: use it with --env ogbench-cube-single.")
         for name in envs:  # every environment is checked (policies included) before any is generated
-            catalog.plan_generation(name, size=size, overwrite=overwrite)
+            if name in ogbench_play.CLI_ENVS:
+                ogbench_play.plan_generation(ogbench_play.CLI_ENVS[name], tasks, size, overwrite)
+            else:
+                catalog.plan_generation(name, size=size, overwrite=overwrite)
         for name in envs:
-            with console.status(f"generating offbench/{name}/*"):
-                written = catalog.generate_env(
-                    name, size=size, seed=seed, overwrite=overwrite, log=console.print, quality=True
-                )
+            if name in ogbench_play.CLI_ENVS:
+                with console.status(f"generating {ogbench_play.NAMESPACE}{ogbench_play.CLI_ENVS[name]}-*"):
+                    written = ogbench_play.generate_play(
+                        ogbench_play.CLI_ENVS[name],
+                        tasks,
+                        size=size,
+                        seed=seed,
+                        overwrite=overwrite,
+                        log=console.print,
+                    )
+            else:
+                with console.status(f"generating offbench/{name}/*"):
+                    written = catalog.generate_env(
+                        name, size=size, seed=seed, overwrite=overwrite, log=console.print, quality=True
+                    )
             console.print(f"{name}: {len(written)} datasets written under {catalog.minari_datasets_path()}")
     except (DatasetError, ValueError, FileNotFoundError) as error:
         fail(str(error))
@@ -319,7 +360,9 @@ def datasets_list() -> None:
 
 
 @datasets_app.command("info")
-def datasets_info(dataset: Annotated[str, typer.Argument(help="Minari id or HDF5 path.")]) -> None:
+def datasets_info(
+    dataset: Annotated[str, typer.Argument(help="Minari id, OGBench singletask name, or HDF5/npz path.")],
+) -> None:
     """Print a dataset's return statistics and quality metrics (TQ, SACo)."""
     from offbench.datasets.dataset import DatasetError
     from offbench.datasets.generate import catalog

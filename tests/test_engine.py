@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -186,3 +188,25 @@ def test_evaluator_executes_action_chunks_open_loop(hopper_minari):
     np.testing.assert_array_equal(per_step, per_chunk)  # same actions, so the same episodes
     assert len(chunk_calls) == -(-len(single_calls) // 4)  # one call per 4 steps of the longest episode
     assert chunk_calls == list(range(len(chunk_calls)))
+
+
+IQL_THREE_SEEDS = """
+import jax
+from offbench.algorithms import get_algorithm, sampling
+from offbench.bench.perf import random_dataset
+from offbench.bench.train import init_states, make_train_chunk, seed_keys
+
+algorithm = get_algorithm("iql")
+cfg = algorithm.Config()
+data = sampling.prepare(random_dataset(10_000), cfg)
+init_keys, keys = seed_keys((0, 1, 2))
+states = init_states(algorithm, data, cfg, init_keys)
+jax.block_until_ready(make_train_chunk(algorithm, cfg, 1)(states, keys, data, None))
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_iql_with_three_seeds_does_not_hang(attempt):
+    """jax 0.10.x deadlocks here in most runs (pyproject.toml pins jax below 0.10); a fresh process each."""
+    completed = subprocess.run([sys.executable, "-c", IQL_THREE_SEEDS], timeout=180, capture_output=True)
+    assert completed.returncode == 0, completed.stderr.decode()[-2000:]

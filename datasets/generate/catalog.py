@@ -25,6 +25,9 @@ environment already exist and are kept, new ones take the existing datasets' ref
 family stays consistent; regenerate the whole family with ``overwrite`` to refresh them after the expert
 changed.
 
+OGBench play data (``offbench/ogbench/...``) is made by :mod:`ogbench_play` from OGBench's scripted
+oracle; :func:`generate` and :func:`generatable_ids` cover it too.
+
 Same seed, same arrays: every random draw derives from (seed, kind), reset seeds included. All policies a
 generation needs are loaded (and their checksums verified) before any environment is stepped, and each
 dataset is written into a temporary Minari root and moved into place only when complete, so a failed or
@@ -73,7 +76,10 @@ def dataset_id(env: str, kind: str) -> str:
 
 
 def generatable_ids() -> list[str]:
-    return [dataset_id(env, kind) for env in ENVS for kind in KINDS]
+    """Every id :func:`generate` can make: the MuJoCo catalog and OGBench play data (``ogbench_play``)."""
+    from offbench.datasets.generate import ogbench_play
+
+    return [dataset_id(env, kind) for env in ENVS for kind in KINDS] + ogbench_play.generatable_ids()
 
 
 def parse_id(identifier: str) -> tuple[str, str]:
@@ -388,14 +394,15 @@ def remove_stale_staging(root: Path | None = None) -> None:
 
 def write_atomically(
     identifier: str,
-    env: str,
+    env_id: str,
     episodes: list[Episode],
-    refs: tuple[float, float],
+    refs: tuple[float, float] | None,
     description: str,
     overwrite: bool,
 ) -> None:
     """Write into ``<root>/.offbench-staging-<pid>`` and move the finished dataset into place.
 
+    ``env_id`` is the Gymnasium id of the evaluation environment; ``refs`` (ref_min, ref_max) or None.
     Whatever happens (an error, Ctrl-C), the staging folder is removed and ``<root>/<identifier>`` holds
     either the previous complete dataset or the new complete one.
     """
@@ -413,10 +420,10 @@ def write_atomically(
         try:
             write_minari(
                 identifier,
-                ENVS[env],
+                env_id,
                 episodes,
-                ref_min_score=refs[0],
-                ref_max_score=refs[1],
+                ref_min_score=None if refs is None else refs[0],
+                ref_max_score=None if refs is None else refs[1],
                 description=description,
             )
         finally:
@@ -552,7 +559,7 @@ def generate_env(
             data = mix(get(good), get("random"), int(pct) / 100.0, size, kind_seed(seed, kind))
         identifier = dataset_id(env, kind)
         description = describe(env, kind, size, seed, policies, refs)
-        write_atomically(identifier, env, data, refs, description, overwrite)
+        write_atomically(identifier, ENVS[env], data, refs, description, overwrite)
         written[identifier] = data
         if log is not None:
             transitions = sum(len(e["actions"]) for e in data)
@@ -579,7 +586,17 @@ def generate(
     Returns the ids written: ``[]`` when the dataset already exists and ``overwrite`` is False (a sweep
     asking for a mixed id and then for its random base finds the base written by the first request).
     ``size`` and ``reference_episodes`` default to :data:`DEFAULT_SIZE` and :data:`REFERENCE_EPISODES`.
+    OGBench play ids (``offbench/ogbench/...``) go to :func:`ogbench_play.generate_play`, which uses
+    neither behaviour policies nor reference episodes.
     """
+    from offbench.datasets.generate import ogbench_play
+
+    if identifier.startswith(ogbench_play.NAMESPACE):
+        env, task = ogbench_play.parse_id(identifier)
+        if exists(identifier) and not overwrite:
+            return []
+        size = ogbench_play.DEFAULT_SIZE if size is None else size
+        return ogbench_play.generate_play(env, tasks=(task,), size=size, seed=seed, overwrite=overwrite)
     env, kind = parse_id(identifier)
     if exists(identifier) and not overwrite:
         return []
