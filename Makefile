@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-slow lint bench policies clean chromium
+.PHONY: install test ci-baseline test-slow lint bench policies clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The unit tests, then the regression check on returns: the `ci` suite from scratch (its dataset is
+# generated if missing) against the committed baseline. `make ci-baseline` rewrites the baseline.
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
+	rm -rf build/ci
+	$(BIN)/offbench sweep ci --out build/ci
+	$(BIN)/offbench check --results build/ci --baseline results/ci/baseline.parquet
+
+ci-baseline: $(STAMP)
+	rm -rf build/ci
+	$(BIN)/offbench sweep ci --out build/ci
+	$(BIN)/offbench check --results build/ci --baseline results/ci/baseline.parquet --write-baseline
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

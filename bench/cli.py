@@ -169,6 +169,9 @@ def sweep(
     out: Annotated[Path | None, typer.Option(help="Output directory (default: results/<suite>).")] = None,
     executor: Annotated[str, typer.Option(help="local, or ray for one Ray task per job.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
+    download: Annotated[
+        bool, typer.Option("--download", help="Fetch the suite's missing remote Minari ids (needs internet).")
+    ] = False,
 ) -> None:
     """Run every job of a suite (seeds vmapped inside each job); reruns skip finished jobs."""
     from offbench.bench.suite import SuiteError, load_suite
@@ -178,7 +181,7 @@ def sweep(
         suite_spec = load_suite(suite)
         out = out or Path("results") / suite_spec.name
         with console.status("validating the suite and preparing datasets"):
-            todo, done = plan(suite_spec, out)
+            todo, done = plan(suite_spec, out, download)
     except (SuiteError, ValueError) as error:
         fail(str(error))
     console.print(

@@ -43,8 +43,9 @@ def available_dataset_ids() -> list[str]:
     return sorted(ids | set(catalog.generatable_ids()))
 
 
-def ensure_datasets(dataset_ids: list[str], available: list[str]) -> None:
-    """Refuse unknown datasets before any training; generate missing offbench datasets."""
+def ensure_datasets(dataset_ids: list[str], available: list[str], download: bool = False) -> None:
+    """Refuse unknown datasets before any training; generate missing offbench datasets; with ``download``,
+    fetch missing remote Minari ids (e.g. ``mujoco/hopper/medium-v0``) from the Minari server."""
     import minari
 
     local = set(minari.list_local_datasets())
@@ -56,15 +57,31 @@ def ensure_datasets(dataset_ids: list[str], available: list[str]) -> None:
         if dataset_id in local:
             continue
         if dataset_id not in available:
+            if download:
+                download_minari(dataset_id)
+                continue
             from offbench.datasets.dataset import suggest
 
             raise SuiteError(
                 f"unknown dataset {dataset_id!r}: not a local Minari dataset and not one offbench "
-                f"can generate.{suggest(dataset_id, available)}"
+                f"can generate. If it is a remote Minari id, rerun with --download (needs internet)."
+                f"{suggest(dataset_id, available)}"
             )
         from offbench.datasets.generate import catalog
 
         catalog.generate(dataset_id)
+
+
+def download_minari(dataset_id: str) -> None:
+    import minari
+
+    try:
+        minari.download_dataset(dataset_id)
+    except Exception as error:  # network, unknown remote id, interrupted transfer: one message for all
+        raise SuiteError(
+            f"downloading Minari dataset {dataset_id!r} failed ({type(error).__name__}: {error}). It needs "
+            "internet access and an id listed by `minari list remote`."
+        ) from error
 
 
 def run_and_write(
@@ -103,12 +120,15 @@ def record_failure(out: Path, name: str, job: Job, error: BaseException) -> str:
     return message
 
 
-def plan(suite: Suite, out: Path) -> tuple[list[Job], list[Job]]:
-    """Validate everything and return (jobs to run, jobs already finished), before training starts."""
+def plan(suite: Suite, out: Path, download: bool = False) -> tuple[list[Job], list[Job]]:
+    """Validate everything and return (jobs to run, jobs already finished), before training starts.
+
+    ``download`` fetches the suite's remote Minari ids that are not local (the ``minari-mujoco`` suite).
+    """
     results.check_output_dir(out)
     available = available_dataset_ids()
     dataset_ids = expand_datasets(suite.datasets, lambda: available)
-    ensure_datasets(dataset_ids, available)
+    ensure_datasets(dataset_ids, available, download)
     jobs = suite.jobs(dataset_ids)
     finished = [job for job in jobs if (out / "runs" / f"{job_name(job)}.parquet").exists()]
     return [job for job in jobs if job not in finished], finished
@@ -179,9 +199,14 @@ def _ray_task(job: Job, out: str) -> str:
 
 
 def sweep(
-    suite: Suite, out: Path, executor: str = "local", address: str | None = None, progress: Any | None = None
+    suite: Suite,
+    out: Path,
+    executor: str = "local",
+    address: str | None = None,
+    progress: Any | None = None,
+    download: bool = False,
 ) -> SweepSummary:
-    todo, done = plan(suite, out)
+    todo, done = plan(suite, out, download)
     if executor == "local":
         finished, failed = run_local(todo, out, progress)
     elif executor == "ray":

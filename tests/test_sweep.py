@@ -93,6 +93,26 @@ def test_unknown_dataset_and_bad_output_dir_fail_before_training(hopper_minari, 
     assert not (tmp_path / "out").exists()
 
 
+def test_remote_minari_ids_need_download_and_report_its_failure(hopper_minari, tmp_path, monkeypatch):
+    import tomllib
+
+    import minari
+
+    suite = parse_suite(tomllib.loads(suite_toml("mujoco/hopper/medium-v0")))
+    with pytest.raises(SuiteError, match="rerun with --download"):
+        plan(suite, tmp_path / "out")
+    asked = []
+
+    def offline(dataset_id):
+        asked.append(dataset_id)
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(minari, "download_dataset", offline)
+    with pytest.raises(SuiteError, match="downloading Minari dataset 'mujoco/hopper/medium-v0' failed"):
+        plan(suite, tmp_path / "out", download=True)
+    assert asked == ["mujoco/hopper/medium-v0"] and not (tmp_path / "out" / "runs").exists()
+
+
 def test_incompatible_schema_version_is_refused(hopper_minari, tmp_path):
     import tomllib
 
@@ -183,7 +203,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(hopper_minari, tmp_path
 
 
 def test_suite_files_ship_with_the_package():
-    assert {"default", "ci"} <= set(builtin_suites()), builtin_suites()
+    assert {"default", "ci", "locomotion", "minari-mujoco"} <= set(builtin_suites()), builtin_suites()
     assert all(Path(p).exists() for p in builtin_suites().values())
 
 
