@@ -55,7 +55,7 @@ def policies_dir(tmp_path_factory) -> Path:
     for count in range(1, len(snapshots) + 1):
         candidate = policies.designate({**manifest, "snapshots": snapshots[:count]})
         expert = {s["name"]: s for s in snapshots}[candidate["expert"]]
-        if candidate["medium"] is not None and expert["length_mean"] <= MAX_EXPERT_LENGTH:
+        if candidate["medium"] is not None and expert["sampled_length_mean"] <= MAX_EXPERT_LENGTH:
             chosen = candidate
     if chosen is None:
         pytest.skip(
@@ -225,7 +225,7 @@ def test_reference_scores_are_on_every_dataset(family, policies_dir, monkeypatch
     root, written = family
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
     manifest = json.loads((policies_dir / "hopper" / policies.MANIFEST).read_text())
-    expert_return = {s["name"]: s["return_mean"] for s in manifest["snapshots"]}[manifest["expert"]]
+    expert_return = {s["name"]: s["sampled_return_mean"] for s in manifest["snapshots"]}[manifest["expert"]]
     ref_min = catalog.random_reference("hopper", REF_EPISODES)
     for identifier in written:
         spec = load_dataset(identifier).spec
@@ -233,7 +233,7 @@ def test_reference_scores_are_on_every_dataset(family, policies_dir, monkeypatch
         assert spec.ref_max_score == pytest.approx(expert_return)
         metadata = minari.load_dataset(identifier).storage.metadata
         assert "Hopper-v5" in str(metadata["eval_env_spec"]) and "expert" in metadata["description"]
-    # the expert data scores about 100: sampled actions, while the manifest evaluated tanh(mean)
+    # the expert data scores about 100: ref_max_score is the expert's sampled-action return, as in the data
     expert = load_dataset(catalog.dataset_id("hopper", "expert"))
     returns = np.asarray(expert.episodes.returns)[np.asarray(expert.episodes.complete, bool)]
     assert expert.spec.normalized_score(returns.mean()) == pytest.approx(100.0, rel=0.10)

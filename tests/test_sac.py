@@ -296,7 +296,8 @@ def test_snapshots_are_listed_designated_and_loadable(snapshots: Path) -> None:
         [16, 16],
         3,
     )
-    assert manifest["expert"] == max(manifest["snapshots"], key=lambda s: s["return_mean"])["name"]
+    assert manifest["expert"] == max(manifest["snapshots"], key=lambda s: s["sampled_return_mean"])["name"]
+    assert {"return_mean", "sampled_return_mean", "sampled_return_std", "sampled_length_mean"} <= set(entry)
 
     policy = policies.load_policy("hopper", "step_200", policies_dir=snapshots)
     obs = jnp.asarray(np.random.default_rng(0).normal(size=(5, 11)), jnp.float32)
@@ -312,8 +313,14 @@ def test_snapshots_are_listed_designated_and_loadable(snapshots: Path) -> None:
 
 
 def test_designate_picks_best_and_closest_to_forty_percent() -> None:
-    def manifest(returns: list[float]) -> dict:
-        return {"snapshots": [{"name": f"s{i}", "steps": i, "return_mean": r} for i, r in enumerate(returns)]}
+    def manifest(returns: list[float], deterministic: list[float] | None = None) -> dict:
+        deterministic = deterministic or returns
+        return {
+            "snapshots": [
+                {"name": f"s{i}", "steps": i, "sampled_return_mean": r, "return_mean": d}
+                for i, (r, d) in enumerate(zip(returns, deterministic, strict=True))
+            ]
+        }
 
     designated = policies.designate(manifest([100.0, 900.0, 3000.0, 1300.0, 1150.0, 2900.0]))
     assert (designated["expert"], designated["medium"]) == ("s2", "s4")  # window [750, 1500], 40% = 1200
@@ -324,6 +331,33 @@ def test_designate_picks_best_and_closest_to_forty_percent() -> None:
     assert policies.designate(manifest([145.0, 326.0]))["medium"] is None  # step 0 is never medium
     all_negative = policies.designate(manifest([-300.0, -100.0]))
     assert (all_negative["expert"], all_negative["medium"]) == ("s1", None)
+    # The data holds sampled actions, so the sampled return decides, not the deterministic one.
+    by_sampled = policies.designate(
+        manifest([100.0, 2900.0, 1100.0, 2500.0], [100.0, 3000.0, 1000.0, 3400.0])
+    )
+    assert (by_sampled["expert"], by_sampled["medium"]) == ("s1", "s2")
+
+
+def test_reevaluate_adds_sampled_returns_to_an_old_manifest(snapshots: Path, tmp_path: Path) -> None:
+    root = _copy_tree(snapshots / "hopper", tmp_path / "hopper").parent
+    manifest_path = root / "hopper" / "manifest.json"
+    current = json.loads(manifest_path.read_text())
+    sampled_fields = ("sampled_return_mean", "sampled_return_std", "sampled_length_mean")
+    old = {
+        **current,
+        "snapshots": [{k: v for k, v in s.items() if k not in sampled_fields} for s in current["snapshots"]],
+    }
+    manifest_path.write_text(json.dumps(old))
+    with pytest.raises(
+        ValueError, match=r"no sampled-action return for step_200.*policies evaluate --env hopper"
+    ):
+        policies.load_policy("hopper", "step_200", policies_dir=root)
+
+    policies.reevaluate("hopper", root, episodes=3, quiet=True)
+    assert json.loads(manifest_path.read_text()) == current  # same seeds, same scores, same designation
+    assert policies.load_policy("hopper", "step_200", policies_dir=root).sampled_return_mean == pytest.approx(
+        current["snapshots"][1]["sampled_return_mean"]
+    )
 
 
 def _copy_tree(src: Path, dst: Path) -> Path:
@@ -344,6 +378,9 @@ def test_missing_or_corrupt_snapshots_raise_clear_errors(snapshots: Path, tmp_pa
     root = _copy_tree(snapshots / "hopper", tmp_path / "hopper").parent
     with pytest.raises(ValueError, match=r"no snapshot 'step_999'.*step_0, step_200"):
         policies.load_policy("hopper", "step_999", policies_dir=root)
+    manifest_path = root / "hopper" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "medium": None}))  # what a short run's manifest says
     with pytest.raises(ValueError, match="designates no 'medium' snapshot"):
         policies.load_policy("hopper", "medium", policies_dir=root)
 
@@ -358,7 +395,6 @@ def test_missing_or_corrupt_snapshots_raise_clear_errors(snapshots: Path, tmp_pa
     with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(actor_file))} is missing"):
         policies.load_policy("hopper", "step_200", policies_dir=root)
 
-    manifest_path = root / "hopper" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["snapshots"][0]["hidden_dims"] = [8, 8]  # entry no longer matches the file it names
     manifest_path.write_text(json.dumps(manifest))

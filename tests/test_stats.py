@@ -363,3 +363,27 @@ def test_score_matrices_missing_method_column_suggests_building_it() -> None:
     runs = runs_table().rename(columns={"method": "algorithm"})
     with pytest.raises(ValueError, match=r"\['method'\].*algorithm"):
         stats.score_matrices(runs)
+
+
+def test_difference_interval_on_cases_computed_by_hand() -> None:
+    # x's resampled mean is 0, 1 or 2 with probabilities 1/4, 1/2, 1/4 and y is constant: the 95%
+    # percentile interval of the difference is [0 - 1, 2 - 1].
+    interval = stats.difference_interval([[0.0], [2.0]], [[1.0], [1.0], [1.0]], reps=20_000)
+    assert interval == stats.Interval(point=0.0, lower=-1.0, upper=1.0)
+    constant = stats.difference_interval([[3.0], [3.0]], [[1.0]], reps=100)
+    assert constant == stats.Interval(point=2.0, lower=2.0, upper=2.0)
+    assert stats.difference_interval([[0.0], [2.0]], [[1.0]], reps=500, seed=3) == stats.difference_interval(
+        [[0.0], [2.0]], [[1.0]], reps=500, seed=3
+    )
+
+
+def test_difference_interval_matches_the_gap_between_separated_methods() -> None:
+    rng = np.random.default_rng(0)
+    better, worse = 10.0 + rng.normal(size=(8, 1)), rng.normal(size=(8, 1))
+    interval = stats.difference_interval(better, worse, reps=5_000)
+    assert interval.point == pytest.approx(better.mean() - worse.mean())
+    assert 0.0 < interval.lower < interval.point < interval.upper
+    iqm = stats.difference_interval(better, worse, stats.aggregate_iqm, reps=2_000)
+    assert iqm.point == pytest.approx(stats.aggregate_iqm(better) - stats.aggregate_iqm(worse))
+    with pytest.raises(ValueError, match="same tasks"):
+        stats.difference_interval(np.ones((3, 2)), np.ones((3, 1)))

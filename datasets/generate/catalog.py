@@ -241,7 +241,7 @@ def reference_scores(
 ) -> tuple[float, float]:
     """(uniform-random mean return over ``episodes`` episodes, the expert's manifest mean return)."""
     expert = load_policies(env, need_medium=False, policies_dir=policies_dir).expert
-    return random_reference(env, episodes), float(expert.return_mean)
+    return random_reference(env, episodes), float(expert.sampled_return_mean)
 
 
 def stored_references(identifier: str) -> tuple[float, float] | None:
@@ -528,7 +528,7 @@ def generate_env(
     kept = [dataset_id(env, k) for k in KINDS if k not in todo and exists(dataset_id(env, k))]
     refs = next((r for r in map(stored_references, kept) if r is not None), None)
     if refs is None:
-        refs = random_reference(env, reference_episodes), float(policies.expert.return_mean)
+        refs = random_reference(env, reference_episodes), float(policies.expert.sampled_return_mean)
 
     if workers is None:
         workers = available_cores() if size >= PARALLEL_MIN_SIZE else 1

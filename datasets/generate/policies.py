@@ -393,47 +393,75 @@ _policy_actions = jax.jit(sac.act, static_argnames="deterministic")
 
 
 class Evaluator:
-    """``episodes`` environments run side by side, one batched deterministic policy call per step."""
+    """``episodes`` environments run side by side, one batched policy call per step."""
 
     def __init__(self, env: str, episodes: int = 100) -> None:
         self.envs = [_make_env(env) for _ in range(episodes)]
 
-    def __call__(self, actor_params: sac.Params) -> tuple[np.ndarray, np.ndarray]:
-        """Returns and lengths of one episode per environment, started from seeds EVAL_SEED + i."""
+    def __call__(
+        self, actor_params: sac.Params, key: jax.Array | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Returns and lengths of one episode per environment, started from seeds EVAL_SEED + i.
+
+        Without ``key`` the policy acts deterministically (tanh of the mean); with it, actions are sampled
+        from the tanh-Gaussian as the dataset generator does, step t using ``fold_in(key, t)``.
+        """
         n = len(self.envs)
         obs = np.stack([env.reset(seed=EVAL_SEED + i)[0] for i, env in enumerate(self.envs)]).astype(
             np.float32
         )
         returns, lengths, active = np.zeros(n), np.zeros(n, np.int64), np.ones(n, bool)
+        t = 0
         while active.any():
             # Finished environments keep their last observation so the batch shape (and compile) stays fixed.
-            actions = np.asarray(_policy_actions(actor_params, obs, None, deterministic=True))
+            if key is None:
+                actions = np.asarray(_policy_actions(actor_params, obs, None, deterministic=True))
+            else:
+                step_key = jax.random.fold_in(key, t)
+                actions = np.asarray(_policy_actions(actor_params, obs, step_key, deterministic=False))
             for i in np.flatnonzero(active):
                 obs[i], reward, terminated, truncated, _ = self.envs[i].step(actions[i])
                 returns[i] += reward
                 lengths[i] += 1
                 active[i] = not (terminated or truncated)
+            t += 1
         return returns, lengths
+
+    def evaluate(self, actor_params: sac.Params) -> Evaluation:
+        """Both modes: deterministic (the policy's own quality) and sampled (what its dataset will hold)."""
+        returns, lengths = self(actor_params)
+        sampled_returns, sampled_lengths = self(actor_params, jax.random.PRNGKey(EVAL_SEED))
+        return Evaluation(returns, lengths, sampled_returns, sampled_lengths)
+
+
+class Evaluation(NamedTuple):
+    returns: np.ndarray
+    lengths: np.ndarray
+    sampled_returns: np.ndarray
+    sampled_lengths: np.ndarray
 
 
 def designate(manifest: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``manifest`` whose ``expert`` and ``medium`` name snapshots (or are None).
 
-    expert: the highest mean return (the earliest on ties). medium: the trained snapshot (steps > 0;
+    Both are chosen on ``sampled_return_mean``, the return with actions sampled from the policy: that
+    is how the generator collects data, so it is the return the expert and medium datasets hold (a
+    stochastic SAC policy scores below its deterministic self; Hopper's expert 2.9k vs 3.4k).
+    expert: the highest such return (the earliest on ties). medium: the trained snapshot (steps > 0;
     the untrained step_0 can score in the window while the expert is still weak) closest to
     ``MEDIUM_FRACTION`` of the expert's return among those within ``MEDIUM_WINDOW`` of it; None when
     no snapshot falls in the window yet (or the expert's return is not positive).
     """
     snapshots = manifest.get("snapshots", [])
-    expert = max(snapshots, key=lambda s: (s["return_mean"], -s["steps"]), default=None)
+    expert = max(snapshots, key=lambda s: (s["sampled_return_mean"], -s["steps"]), default=None)
     medium = None
-    if expert is not None and expert["return_mean"] > 0:
-        best = expert["return_mean"]
+    if expert is not None and expert["sampled_return_mean"] > 0:
+        best = expert["sampled_return_mean"]
         low, high = MEDIUM_WINDOW[0] * best, MEDIUM_WINDOW[1] * best
-        candidates = [s for s in snapshots if s["steps"] > 0 and low <= s["return_mean"] <= high]
+        candidates = [s for s in snapshots if s["steps"] > 0 and low <= s["sampled_return_mean"] <= high]
         medium = min(
             candidates,
-            key=lambda s: (abs(s["return_mean"] - MEDIUM_FRACTION * best), s["steps"]),
+            key=lambda s: (abs(s["sampled_return_mean"] - MEDIUM_FRACTION * best), s["steps"]),
             default=None,
         )
     return {
@@ -456,8 +484,7 @@ def _save_snapshot(
     step: int,
     seed: int,
     actor_params: sac.Params,
-    returns: np.ndarray,
-    lengths: np.ndarray,
+    evaluation: Evaluation,
 ) -> dict[str, Any]:
     """Write ``step_<k>/actor.msgpack``, add its entry to the manifest and re-designate; returns the manifest.
 
@@ -480,10 +507,7 @@ def _save_snapshot(
         "obs_dim": int(actor_params["params"]["MLP_0"]["Dense_0"]["kernel"].shape[0]),
         "act_dim": actor.action_dim,
         "hidden_dims": list(actor.hidden_dims),
-        "eval_episodes": len(returns),
-        "return_mean": float(np.mean(returns)),
-        "return_std": float(np.std(returns)),
-        "length_mean": float(np.mean(lengths)),
+        **evaluation_fields(evaluation),
     }
     manifest_path = out_dir / MANIFEST
     manifest = (
@@ -493,6 +517,18 @@ def _save_snapshot(
     manifest = designate({**manifest, "snapshots": sorted(snapshots, key=lambda s: s["steps"])})
     _atomic_write(manifest_path, lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
     return manifest
+
+
+def evaluation_fields(evaluation: Evaluation) -> dict[str, Any]:
+    return {
+        "eval_episodes": len(evaluation.returns),
+        "return_mean": float(np.mean(evaluation.returns)),
+        "return_std": float(np.std(evaluation.returns)),
+        "length_mean": float(np.mean(evaluation.lengths)),
+        "sampled_return_mean": float(np.mean(evaluation.sampled_returns)),
+        "sampled_return_std": float(np.std(evaluation.sampled_returns)),
+        "sampled_length_mean": float(np.mean(evaluation.sampled_lengths)),
+    }
 
 
 def _check_out_dir(out_dir: Path, env: str, seed: int, cfg: sac.Config) -> None:
@@ -601,14 +637,16 @@ def train(
     last_eval = "-"
 
     def snapshot(step: int, actor_params: sac.Params) -> str:
-        returns, lengths = evaluator(actor_params)
-        manifest = _save_snapshot(out_dir, env, step, seed, actor_params, returns, lengths)
+        evaluation = evaluator.evaluate(actor_params)
+        manifest = _save_snapshot(out_dir, env, step, seed, actor_params, evaluation)
+        returns, sampled = evaluation.returns, evaluation.sampled_returns
         console.log(
-            f"snapshot step_{step}: return {returns.mean():.1f} ± {returns.std():.1f} "
-            f"over {len(returns)} episodes "
-            f"(length {lengths.mean():.0f}); expert={manifest['expert']} medium={manifest['medium']}"
+            f"snapshot step_{step}: return {returns.mean():.1f} ± {returns.std():.1f} deterministic, "
+            f"{sampled.mean():.1f} ± {sampled.std():.1f} sampled over {len(returns)} episodes "
+            f"(length {evaluation.lengths.mean():.0f}); "
+            f"expert={manifest['expert']} medium={manifest['medium']}"
         )
-        return f"{returns.mean():.0f}"
+        return f"{sampled.mean():.0f}"
 
     recent_returns: collections.deque[float] = collections.deque(maxlen=20)
     metrics: dict[str, jax.Array] = {}
@@ -674,6 +712,7 @@ class BehaviourPolicy:
     obs_dim: int
     act_dim: int
     return_mean: float
+    sampled_return_mean: float
     params: sac.Params
 
     def actions(
@@ -692,29 +731,10 @@ class BehaviourPolicy:
         )
 
 
-def load_policy(env: str, name: str = "expert", policies_dir: Path | None = None) -> BehaviourPolicy:
-    """Load a committed snapshot: ``expert``, ``medium`` or a snapshot name such as ``step_300000``."""
-    env_dir = Path(policies_dir or POLICIES_DIR) / env
-    manifest_path = env_dir / MANIFEST
+def _read_actor_params(env_dir: Path, entry: dict[str, Any], env: str) -> sac.Params:
+    """The actor parameters of one manifest entry, checksum and shapes verified."""
     fix = train_command_hint(env)
-    if not manifest_path.exists():
-        raise FileNotFoundError(
-            f"no behaviour policies for {env}: {manifest_path} does not exist. Train them with {fix}."
-        )
-    manifest = _read_manifest(manifest_path)
-    snapshot_name = manifest.get(name, name) if name in ("expert", "medium") else name
-    if snapshot_name is None:
-        raise ValueError(
-            f"{manifest_path} designates no {name!r} snapshot yet (medium needs a return between a quarter "
-            f"and a half of the expert's); continue training with {fix}."
-        )
-    entries = {s["name"]: s for s in manifest.get("snapshots", [])}
-    if snapshot_name not in entries:
-        raise ValueError(
-            f"{manifest_path} has no snapshot {snapshot_name!r} (it lists {', '.join(entries) or 'none'}); "
-            f"train it with {fix}."
-        )
-    entry = entries[snapshot_name]
+    manifest_path = env_dir / MANIFEST
     path = env_dir / entry["file"]
     restore_fix = f"restore it with `git checkout -- {path}` or re-create it with {fix}"
     if not path.exists():
@@ -742,6 +762,38 @@ def load_policy(env: str, name: str = "expert", policies_dir: Path | None = None
                 f"but the manifest "
                 f"entry implies {want.shape}; {restore_fix}."
             )
+    return jax.tree.map(jnp.asarray, params)
+
+
+def load_policy(env: str, name: str = "expert", policies_dir: Path | None = None) -> BehaviourPolicy:
+    """Load a committed snapshot: ``expert``, ``medium`` or a snapshot name such as ``step_300000``."""
+    env_dir = Path(policies_dir or POLICIES_DIR) / env
+    manifest_path = env_dir / MANIFEST
+    fix = train_command_hint(env)
+    if not manifest_path.exists():
+        raise FileNotFoundError(
+            f"no behaviour policies for {env}: {manifest_path} does not exist. Train them with {fix}."
+        )
+    manifest = _read_manifest(manifest_path)
+    snapshot_name = manifest.get(name, name) if name in ("expert", "medium") else name
+    if snapshot_name is None:
+        raise ValueError(
+            f"{manifest_path} designates no {name!r} snapshot yet (medium needs a return between a quarter "
+            f"and a half of the expert's); continue training with {fix}."
+        )
+    entries = {s["name"]: s for s in manifest.get("snapshots", [])}
+    if snapshot_name not in entries:
+        raise ValueError(
+            f"{manifest_path} has no snapshot {snapshot_name!r} (it lists {', '.join(entries) or 'none'}); "
+            f"train it with {fix}."
+        )
+    entry = entries[snapshot_name]
+    if "sampled_return_mean" not in entry:
+        raise ValueError(
+            f"{manifest_path} lists no sampled-action return for {snapshot_name} (it predates them); add it "
+            f"with `python -m offbench.datasets.generate.policies evaluate --env {env}`."
+        )
+    params = _read_actor_params(env_dir, entry, env)
     return BehaviourPolicy(
         env=env,
         name=snapshot_name,
@@ -749,7 +801,8 @@ def load_policy(env: str, name: str = "expert", policies_dir: Path | None = None
         obs_dim=entry["obs_dim"],
         act_dim=entry["act_dim"],
         return_mean=entry["return_mean"],
-        params=jax.tree.map(jnp.asarray, params),
+        sampled_return_mean=entry["sampled_return_mean"],
+        params=params,
     )
 
 
@@ -794,6 +847,43 @@ def train_cli(
     )
 
 
+def reevaluate(env: str, policies_dir: Path | None = None, episodes: int = 100, quiet: bool = False) -> None:
+    """Evaluate every committed snapshot of ``env`` again, in both modes, and rewrite its manifest.
+
+    For manifests written before the sampled-action return was recorded. Each snapshot's checksum is
+    verified first; the manifest is replaced atomically once all snapshots are scored.
+    """
+    env_dir = Path(policies_dir or POLICIES_DIR) / env
+    manifest = _read_manifest(env_dir / MANIFEST)
+    evaluator = Evaluator(env, episodes)
+    console = Console(quiet=quiet)
+    snapshots = []
+    for entry in manifest.get("snapshots", []):
+        evaluation = evaluator.evaluate(_read_actor_params(env_dir, entry, env))
+        snapshots.append({**entry, **evaluation_fields(evaluation)})
+        console.log(
+            f"{env} {entry['name']}: {np.mean(evaluation.returns):.1f} deterministic, "
+            f"{np.mean(evaluation.sampled_returns):.1f} sampled"
+        )
+    manifest = designate({**manifest, "snapshots": snapshots})
+    _atomic_write(env_dir / MANIFEST, lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
+    console.log(f"{env}: expert={manifest['expert']} medium={manifest['medium']}")
+
+
+@app.command("evaluate")
+def evaluate_cli(
+    env: Annotated[str, typer.Option(help=f"one of {', '.join(ENV_IDS)}")],
+    policies_dir: Path | None = None,
+    episodes: int = 100,
+) -> None:
+    """Re-score every committed snapshot of one environment (deterministic and sampled actions)."""
+    try:
+        env_id(env)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--env") from e
+    reevaluate(env, policies_dir, episodes)
+
+
 @app.command("status")
 def status_cli(
     env: Annotated[list[str] | None, typer.Option(help="environments to show (default: all)")] = None,
@@ -811,7 +901,15 @@ def status_cli(
             continue
         manifest = _read_manifest(env_dir / MANIFEST)
         table = Table(title=f"{name} ({manifest['env_id']}); {resume}")
-        for column in ("snapshot", "steps", "seed", "return (mean ± std)", "length", "role"):
+        for column in (
+            "snapshot",
+            "steps",
+            "seed",
+            "deterministic return",
+            "sampled return",
+            "length",
+            "role",
+        ):
             table.add_column(column)
         roles = {manifest.get("expert"): "expert", manifest.get("medium"): "medium"}
         for s in manifest.get("snapshots", []):
@@ -820,6 +918,9 @@ def status_cli(
                 f"{s['steps']:,}",
                 str(s["seed"]),
                 f"{s['return_mean']:.1f} ± {s['return_std']:.1f}",
+                f"{s['sampled_return_mean']:.1f} ± {s['sampled_return_std']:.1f}"
+                if "sampled_return_mean" in s
+                else "-",
                 f"{s['length_mean']:.0f}",
                 roles.get(s["name"], ""),
             )
