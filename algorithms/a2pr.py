@@ -7,6 +7,7 @@ Q1(s, a) - V(s) is positive. The actor regresses onto either VAE(s, pi(s)) or th
 whichever has the larger Q1, and only where one of them has a non-negative (VAE) or positive
 (dataset) advantage. Per step, in the code's order: critic step -> value step -> VAE step (updated
 Q1, the V computed before its step) -> every ``policy_freq`` steps, actor step and Polyak targets.
+The TD3 parts (target, critic step, delayed actor step) are ``td3.py``'s.
 
 Where the paper's equations and the code differ, this follows the code: the actor's gradient flows
 through the VAE target into pi (``stop_gradient_vae_target`` gives the equations' constant target),
@@ -24,30 +25,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from offbench.algorithms.config import BaseConfig
-from offbench.algorithms.nets import MLP, CriticEnsemble, Dense, DeterministicActor, ValueNetwork, polyak
+from offbench.algorithms import td3
+from offbench.algorithms.nets import MLP, CriticEnsemble, Dense, DeterministicActor, ValueNetwork
 from offbench.algorithms.sampling import Batch
 from offbench.datasets.dataset import Dataset
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(BaseConfig):
+class Config(td3.Config):
     actor_hidden_dims: tuple[int, ...] = (256, 256, 256)
     critic_hidden_dims: tuple[int, ...] = (256, 256, 256, 256)
     value_hidden_dims: tuple[int, ...] = (256, 256, 256, 256)
     vae_hidden_dims: tuple[int, ...] = (750, 750)
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
     value_lr: float = 3e-4  # hard-coded in the official code
     vae_lr: float = 1e-3  # the official code's Adam() default
-    alpha: float = 2.5
     # Weight of the BC term where it is on: 0.5 is the code's default, the README runs use 0.4-1.5.
     mask: float = 0.5
     vae_weight: float = 1.0
-    policy_noise: float = 0.2
-    noise_clip: float = 0.5
-    policy_freq: int = 2
-    tau: float = 0.005
     # The official code lets the actor's gradient flow through the VAE target VAE(s, pi(s)) into pi;
     # the paper's equations treat the target as a constant. True gives the paper's variant.
     stop_gradient_vae_target: bool = False
@@ -76,8 +70,9 @@ class VAE(nn.Module):
         self.log_std = Dense(2 * self.action_dim)
         self.decoder = MLP(self.hidden_dims, self.action_dim)
 
-    def __call__(self, observations: jax.Array, actions: jax.Array,
-                 key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(
+        self, observations: jax.Array, actions: jax.Array, key: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(reconstruction, mean, std) with the unclipped reparameterised z (training and actor use)."""
         hidden = nn.relu(self.encoder(jnp.concatenate([observations, actions], axis=-1)))
         mean = self.mean(hidden)
@@ -90,24 +85,18 @@ class VAE(nn.Module):
 
 
 @flax.struct.dataclass
-class State:
-    actor: dict
-    actor_target: dict
-    critic: dict
-    critic_target: dict
+class State(td3.State):
+    """TD3's state plus the value network and the VAE with their Adam states."""
+
     value: dict
     vae: dict
-    actor_opt: optax.OptState
-    critic_opt: optax.OptState
     value_opt: optax.OptState
     vae_opt: optax.OptState
-    step: jax.Array
-    action_dim: int = flax.struct.field(pytree_node=False)
-    max_action: float = flax.struct.field(pytree_node=False)
 
 
-def networks(cfg: Config, action_dim: int,
-             max_action: float) -> tuple[DeterministicActor, CriticEnsemble, ValueNetwork, VAE]:
+def networks(
+    cfg: Config, action_dim: int, max_action: float
+) -> tuple[DeterministicActor, CriticEnsemble, ValueNetwork, VAE]:
     return (
         DeterministicActor(cfg.actor_hidden_dims, action_dim, max_action),
         CriticEnsemble(cfg.critic_hidden_dims),
@@ -143,30 +132,9 @@ def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
     )
 
 
-def td_target(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[jax.Array, jax.Array]:
-    """(y, a'): TD3's smoothed target action a' and y = r + gamma * mask * min target-Q(s', a')."""
-    actor, critic, _, _ = networks(cfg, state.action_dim, state.max_action)
-    noise = jnp.clip(
-        cfg.policy_noise * state.max_action * jax.random.normal(key, batch.actions.shape),
-        -cfg.noise_clip * state.max_action,
-        cfg.noise_clip * state.max_action,
-    )
-    next_actions = jnp.clip(
-        actor.apply(state.actor_target, batch.next_observations) + noise, -state.max_action, state.max_action
-    )
-    target_q = critic.apply(state.critic_target, batch.next_observations, next_actions).min(axis=0)
-    return jax.lax.stop_gradient(batch.rewards + cfg.discount * batch.masks * target_q), next_actions
-
-
-def critic_loss(critic_params: dict, state: State, batch: Batch, target: jax.Array, cfg: Config):
-    _, critic, _, _ = networks(cfg, state.action_dim, state.max_action)
-    q = critic.apply(critic_params, batch.observations, batch.actions)
-    loss = ((q - target) ** 2).mean(axis=1).sum()
-    return loss, {"critic_loss": loss, "q_mean": q.mean()}
-
-
-def value_loss(value_params: dict, state: State, batch: Batch, next_actions: jax.Array, target: jax.Array,
-               cfg: Config):
+def value_loss(
+    value_params: dict, state: State, batch: Batch, next_actions: jax.Array, target: jax.Array, cfg: Config
+) -> tuple[jax.Array, dict]:
     """MSE of V(s) toward min(y_Q, y): y_Q uses ``state.critic``, already updated this step."""
     _, critic, value, _ = networks(cfg, state.action_dim, state.max_action)
     next_q = critic.apply(state.critic, batch.next_observations, next_actions).min(axis=0)
@@ -177,7 +145,9 @@ def value_loss(value_params: dict, state: State, batch: Batch, next_actions: jax
     return loss, {"value_loss": loss, "v_mean": v.mean()}
 
 
-def vae_loss(vae_params: dict, state: State, batch: Batch, v: jax.Array, key: jax.Array, cfg: Config):
+def vae_loss(
+    vae_params: dict, state: State, batch: Batch, v: jax.Array, key: jax.Array, cfg: Config
+) -> tuple[jax.Array, dict]:
     """Reconstruction of positive-advantage actions (weight vae_weight * 1[Q1(s, a) > V(s)]) + 0.5 KL."""
     _, critic, _, vae = networks(cfg, state.action_dim, state.max_action)
     reconstruction, mean, std = vae.apply(vae_params, batch.observations, batch.actions, key)
@@ -186,15 +156,20 @@ def vae_loss(vae_params: dict, state: State, batch: Batch, v: jax.Array, key: ja
     recon_loss = (weight[:, None] * (reconstruction - batch.actions) ** 2).mean()
     kl_loss = -0.5 * (1.0 + jnp.log(std**2) - mean**2 - std**2).mean()
     loss = recon_loss + 0.5 * kl_loss
-    return loss, {"vae_loss": loss, "recon_loss": recon_loss, "kl_loss": kl_loss,
-                  "positive_advantage_fraction": (q1 > v).mean()}
+    return loss, {
+        "vae_loss": loss,
+        "recon_loss": recon_loss,
+        "kl_loss": kl_loss,
+        "positive_advantage_fraction": (q1 > v).mean(),
+    }
 
 
-def actor_loss(actor_params: dict, state: State, batch: Batch, v: jax.Array, key: jax.Array, cfg: Config):
+def actor_loss(
+    actor_params: dict, state: State, batch: Batch, v: jax.Array, key: jax.Array, cfg: Config
+) -> tuple[jax.Array, dict]:
     actor, critic, _, vae = networks(cfg, state.action_dim, state.max_action)
     pi = actor.apply(actor_params, batch.observations)
     q1 = critic.apply(state.critic, batch.observations, pi)[0]
-    lmbda = jax.lax.stop_gradient(cfg.alpha / jnp.abs(q1).mean())
     # Fresh latent noise; only the actor's parameters are differentiated, so the VAE is not trained
     # here (the official code's stray VAE gradients are zeroed before the VAE's own step).
     reconstruction, _, _ = vae.apply(state.vae, batch.observations, pi, key)
@@ -209,24 +184,26 @@ def actor_loss(actor_params: dict, state: State, batch: Batch, v: jax.Array, key
     weight = cfg.mask * ((q1_reconstruction >= v) | (q1_data > v))
     bc_loss = (weight[:, None] * (pi - target) ** 2).mean()
     # BC is not scaled by lambda, as in TD3+BC.
-    loss = -lmbda * q1.mean() + bc_loss
-    return loss, {"actor_loss": loss, "bc_loss": bc_loss, "vae_target_fraction": use_vae.mean(),
-                  "bc_weight_mean": weight.mean()}
+    loss = td3.q_objective(q1, cfg.alpha) + bc_loss
+    return loss, {
+        "actor_loss": loss,
+        "bc_loss": bc_loss,
+        "vae_target_fraction": use_vae.mean(),
+        "bc_weight_mean": weight.mean(),
+    }
 
 
 def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[State, dict]:
     critic_key, vae_key, actor_key = jax.random.split(key, 3)
-    _, _, value, _ = networks(cfg, state.action_dim, state.max_action)
-    target, next_actions = td_target(state, batch, critic_key, cfg)
-    grads, critic_info = jax.grad(critic_loss, has_aux=True)(state.critic, state, batch, target, cfg)
-    updates, critic_opt = optax.adam(cfg.critic_lr).update(grads, state.critic_opt)
-    state = state.replace(critic=optax.apply_updates(state.critic, updates), critic_opt=critic_opt,
-                          step=state.step + 1)
+    actor, critic, value, _ = networks(cfg, state.action_dim, state.max_action)
+    target, next_actions = td3.td_target(actor, critic, state, batch, critic_key, cfg)
+    state, critic_info = td3.critic_step(state, critic, batch, target, cfg)
 
     # V(s) before its own step: the VAE weights and the actor's advantages use this one (code order).
     v = value.apply(state.value, batch.observations)
-    grads, value_info = jax.grad(value_loss, has_aux=True)(state.value, state, batch, next_actions, target,
-                                                           cfg)
+    grads, value_info = jax.grad(value_loss, has_aux=True)(
+        state.value, state, batch, next_actions, target, cfg
+    )
     updates, value_opt = optax.adam(cfg.value_lr).update(grads, state.value_opt)
     state = state.replace(value=optax.apply_updates(state.value, updates), value_opt=value_opt)
 
@@ -234,23 +211,9 @@ def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[Sta
     updates, vae_opt = optax.adam(cfg.vae_lr).update(grads, state.vae_opt)
     state = state.replace(vae=optax.apply_updates(state.vae, updates), vae_opt=vae_opt)
 
-    def actor_step(state: State) -> tuple[State, dict]:
-        grads, info = jax.grad(actor_loss, has_aux=True)(state.actor, state, batch, v, actor_key, cfg)
-        updates, actor_opt = optax.adam(cfg.actor_lr).update(grads, state.actor_opt)
-        actor_params = optax.apply_updates(state.actor, updates)
-        return state.replace(
-            actor=actor_params,
-            actor_opt=actor_opt,
-            actor_target=polyak(state.actor_target, actor_params, cfg.tau),
-            critic_target=polyak(state.critic_target, state.critic, cfg.tau),
-        ), info
-
-    def skip(state: State) -> tuple[State, dict]:
-        return state, {"actor_loss": jnp.nan, "bc_loss": jnp.nan, "vae_target_fraction": jnp.nan,
-                       "bc_weight_mean": jnp.nan}
-
-    # ``step`` is unbatched across vmapped seeds, so this stays a real branch.
-    state, actor_info = jax.lax.cond(state.step % cfg.policy_freq == 0, actor_step, skip, state)
+    state, actor_info = td3.delayed_actor_step(
+        state, lambda actor_params, state: actor_loss(actor_params, state, batch, v, actor_key, cfg), cfg
+    )
     return state, {**critic_info, **value_info, **vae_info, **actor_info}
 
 

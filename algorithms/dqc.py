@@ -28,8 +28,8 @@ Defaults and departures:
   ``FULL_SCALE``) is for GPUs. Horizons H = 25, h_a = 5 are the paper's main setting. gamma = 0.99 and
   agg = min are §4.9's choices for reward-based data; kappa_b = 0.9 and kappa_d = 0.8 are the upper ends
   of its ranges (0.7-0.9, 0.5-0.8), close to the paper's cube setting (0.93, 0.8). None is tuned yet.
-- The MLPs follow OGBench's layer order (Dense -> GELU -> LayerNorm, variance-scaling fan_avg uniform
-  init, linear output), defined below because ``nets.MLP`` normalises before the activation.
+- The MLPs are OGBench's (Dense -> GELU -> LayerNorm, variance-scaling fan_avg uniform init, linear
+  output): ``nets.MLP`` with ``MLP_STYLE``.
 - Observations follow ``normalize_observations`` (on by default, as the other locomotion baselines);
   OGBench datasets (ids containing "ogbench") use raw observations as DQC does.
 - The BC loss masks the padded steps of a partial chunk per step (QC's form: mean over all entries of
@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import optax
 
 from offbench.algorithms.config import BaseConfig
-from offbench.algorithms.nets import Dense, polyak
+from offbench.algorithms.nets import MLP, CriticEnsemble, ValueNetwork, polyak
 from offbench.algorithms.sampling import ChunkBatch
 from offbench.datasets.dataset import Dataset
 
@@ -130,45 +130,9 @@ def ablation(name: str, horizon: int = 25, action_horizon: int = 5) -> dict[str,
     return table[name]
 
 
-class MLP(nn.Module):
-    """OGBench's MLP: Dense -> GELU -> LayerNorm per hidden layer, then a linear output layer."""
-
-    hidden_dims: Sequence[int]
-    output_dim: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for width in self.hidden_dims:
-            x = nn.LayerNorm()(nn.gelu(Dense(width, initialization="variance_scaling")(x)))
-        return Dense(self.output_dim, initialization="variance_scaling")(x)
-
-
-class Critic(nn.Module):
-    """An ensemble of Q(s, flattened chunk) heads, shape ``[num_critics, *batch]``."""
-
-    hidden_dims: Sequence[int]
-    num_critics: int
-
-    @nn.compact
-    def __call__(self, observations: jax.Array, chunks: jax.Array) -> jax.Array:
-        ensemble = nn.vmap(
-            MLP,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=None,
-            out_axes=0,
-            axis_size=self.num_critics,
-        )
-        inputs = jnp.concatenate([observations, chunks], axis=-1)
-        return ensemble(self.hidden_dims, 1)(inputs).squeeze(-1)
-
-
-class Value(nn.Module):
-    hidden_dims: Sequence[int]
-
-    @nn.compact
-    def __call__(self, observations: jax.Array) -> jax.Array:
-        return MLP(self.hidden_dims, 1)(observations).squeeze(-1)
+# Every network is OGBench's MLP as the official code builds it: GELU, LayerNorm after each hidden
+# activation, variance-scaling (fan_avg, uniform) initialisation, a linear output layer.
+MLP_STYLE: dict[str, Any] = {"activation": "gelu", "layer_norm": True, "initialization": "variance_scaling"}
 
 
 class VectorField(nn.Module):
@@ -179,7 +143,8 @@ class VectorField(nn.Module):
 
     @nn.compact
     def __call__(self, observations: jax.Array, chunks: jax.Array, times: jax.Array) -> jax.Array:
-        return MLP(self.hidden_dims, self.chunk_dim)(jnp.concatenate([observations, chunks, times], axis=-1))
+        inputs = jnp.concatenate([observations, chunks, times], axis=-1)
+        return MLP(self.hidden_dims, self.chunk_dim, **MLP_STYLE)(inputs)
 
 
 @flax.struct.dataclass
@@ -195,12 +160,17 @@ class State:
 
 
 def networks(cfg: Config, action_dim: int) -> dict[str, nn.Module]:
+    """Critics Q(s, flattened chunk) are ensembles, shape ``[num_critics, *batch]``."""
     return {
-        "chunk_critic": Critic(cfg.hidden_dims, cfg.num_critics),
-        "critic": Critic(cfg.hidden_dims, cfg.num_critics),
-        "value": Value(cfg.hidden_dims),
+        "chunk_critic": CriticEnsemble(cfg.hidden_dims, cfg.num_critics, **MLP_STYLE),
+        "critic": CriticEnsemble(cfg.hidden_dims, cfg.num_critics, **MLP_STYLE),
+        "value": value_network(cfg),
         "actor": VectorField(cfg.hidden_dims, cfg.action_horizon * action_dim),
     }
+
+
+def value_network(cfg: Config) -> ValueNetwork:
+    return ValueNetwork(cfg.hidden_dims, **MLP_STYLE)
 
 
 def optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -256,7 +226,7 @@ def flat_chunks(batch: ChunkBatch, cfg: Config) -> tuple[jax.Array, jax.Array]:
 
 def backup_targets(params: dict, batch: ChunkBatch, cfg: Config) -> jax.Array:
     """y = R_H + gamma^{k*} m V(s_{t+k*}), with the online value and no gradient."""
-    next_v = Value(cfg.hidden_dims).apply(params["value"], batch.next_observations)
+    next_v = value_network(cfg).apply(params["value"], batch.next_observations)
     return jax.lax.stop_gradient(batch.returns + batch.discounts * batch.masks * next_v)
 
 

@@ -62,7 +62,10 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 class MLP(nn.Module):
-    """Hidden layers with an activation (and optional LayerNorm), then a linear output layer."""
+    """Hidden layers Dense -> activation (-> LayerNorm), then a linear output layer.
+
+    LayerNorm, when on, follows the activation: the order of OGBench's and DQC's official MLP.
+    """
 
     hidden_dims: Sequence[int]
     output_dim: int
@@ -75,10 +78,9 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         for width in self.hidden_dims:
-            x = Dense(width, initialization=self.initialization)(x)
+            x = act(Dense(width, initialization=self.initialization)(x))
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
-            x = act(x)
         return Dense(self.output_dim, initialization=self.initialization, scale=self.output_scale)(x)
 
 

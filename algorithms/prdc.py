@@ -1,7 +1,7 @@
 """PRDC (Ran et al., 2023): TD3+BC whose BC target is the nearest dataset action in (beta * s, a) space.
 
-Follows the official code (LAMDA-RL/PRDC): TD3+BC's critic, delayed actor and targets, lambda =
-alpha / mean|Q1(s, pi(s))| detached; the actor's BC target is the action of the exact nearest
+Follows the official code (LAMDA-RL/PRDC): TD3+BC's critic, delayed actor and targets (``td3.py``),
+lambda = alpha / mean|Q1(s, pi(s))| detached; the actor's BC target is the action of the exact nearest
 neighbour (L2, k = 1) of concat(beta * s, pi(s)) among concat(beta * s_i, a_i) over every dataset row,
 with s the standardised state. The official code queries a scipy KDTree on the host every actor
 step; here an exact search runs inside the jitted update (see "Exact nearest-neighbour search").
@@ -16,26 +16,18 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from offbench.algorithms.config import BaseConfig
-from offbench.algorithms.nets import CriticEnsemble, DeterministicActor, polyak
+from offbench.algorithms import td3
+from offbench.algorithms.nets import CriticEnsemble, DeterministicActor
 from offbench.algorithms.sampling import Batch, TrainingData
 from offbench.datasets.dataset import Dataset
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(BaseConfig):
+class Config(td3.Config):
     hidden_dims: tuple[int, ...] = (256, 256)
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    alpha: float = 2.5
     # The README's value for every Gym task; the official config file's default is 1.0.
     beta: float = 2.0
-    policy_noise: float = 0.2
-    noise_clip: float = 0.5
-    policy_freq: int = 2
-    tau: float = 0.005
     # Search budget: these change the speed of the exact search, never its result. Rows per k-d tree
     # leaf; (query, tree node) pairs kept per level, per query on average over the batch; queries
     # brute-forced per pass over the table when the tree cannot certify them.
@@ -52,17 +44,7 @@ DATASET_OVERRIDES = (
 )
 
 
-@flax.struct.dataclass
-class State:
-    actor: dict
-    actor_target: dict
-    critic: dict
-    critic_target: dict
-    actor_opt: optax.OptState
-    critic_opt: optax.OptState
-    step: jax.Array
-    action_dim: int = flax.struct.field(pytree_node=False)
-    max_action: float = flax.struct.field(pytree_node=False)
+State = td3.State  # the actor, the twin critics, their targets and Adam states
 
 
 def networks(cfg: Config, action_dim: int, max_action: float) -> tuple[DeterministicActor, CriticEnsemble]:
@@ -159,10 +141,14 @@ def build_search_table(keys: np.ndarray, actions: np.ndarray, leaf_size: int) ->
     boxes = []
     for parent_depth, depth in zip([0, *depths[:-1]], depths, strict=True):
         nodes = corners.reshape(2**depth, -1, 2, dim)
-        boxes.append(np.stack([nodes[:, :, 0].min(axis=1), nodes[:, :, 1].max(axis=1)], axis=1)
-                     .reshape(2**parent_depth, -1, 2, dim))
-    return jax.device_put(SearchTable(rows=rows, index=index.astype(np.int32), boxes=tuple(boxes),
-                                      actions=np.asarray(actions)))
+        boxes.append(
+            np.stack([nodes[:, :, 0].min(axis=1), nodes[:, :, 1].max(axis=1)], axis=1).reshape(
+                2**parent_depth, -1, 2, dim
+            )
+        )
+    return jax.device_put(
+        SearchTable(rows=rows, index=index.astype(np.int32), boxes=tuple(boxes), actions=np.asarray(actions))
+    )
 
 
 def search_keys(cfg: Config, observations: jax.Array, actions: jax.Array) -> jax.Array:
@@ -185,8 +171,9 @@ def lexicographic_min(distances: jax.Array, index: jax.Array) -> tuple[jax.Array
     return best, ties.min(axis=-1)
 
 
-def brute_force(rows: jax.Array, index: jax.Array, queries: jax.Array,
-                chunk: int = BRUTE_FORCE_CHUNK) -> tuple[jax.Array, jax.Array]:
+def brute_force(
+    rows: jax.Array, index: jax.Array, queries: jax.Array, chunk: int = BRUTE_FORCE_CHUNK
+) -> tuple[jax.Array, jax.Array]:
     """(squared distance, index) of each query's nearest row, lowest index on ties, by full scan."""
     n = rows.shape[0]
     chunk = min(chunk, n)
@@ -198,8 +185,10 @@ def brute_force(rows: jax.Array, index: jax.Array, queries: jax.Array,
 
     def scan_chunk(carry, chunk_rows):
         best, best_index = carry
-        distance, found = lexicographic_min(squared_distances(queries[:, None, :], chunk_rows[0][None]),
-                                            jnp.broadcast_to(chunk_rows[1], (queries.shape[0], chunk)))
+        distance, found = lexicographic_min(
+            squared_distances(queries[:, None, :], chunk_rows[0][None]),
+            jnp.broadcast_to(chunk_rows[1], (queries.shape[0], chunk)),
+        )
         better = (distance < best) | ((distance == best) & (found < best_index))
         return (jnp.where(better, distance, best), jnp.where(better, found, best_index)), None
 
@@ -226,8 +215,9 @@ def descend(table: SearchTable, queries: jax.Array) -> tuple[jax.Array, jax.Arra
     return lexicographic_min(squared_distances(queries[:, None], table.rows[node]), table.index[node])
 
 
-def tree_search(table: SearchTable, queries: jax.Array, bound: jax.Array,
-                pairs: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def tree_search(
+    table: SearchTable, queries: jax.Array, bound: jax.Array, pairs: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(distance, index, certified) from the leaves whose boxes lie within ``bound`` of each query."""
     batch = queries.shape[0]
     limit = jnp.append(bound * (1.0 + SEARCH_MARGIN), -jnp.inf)  # entry ``batch``: padding pairs
@@ -255,8 +245,9 @@ def tree_search(table: SearchTable, queries: jax.Array, bound: jax.Array,
         keep = box_lower_bound(mine, boxes[node]) <= limit[query][:, None]
         query, node, overflow = compact(keep, query, node[:, None] * fanout + jnp.arange(fanout), overflow)
 
-    distance, index = lexicographic_min(squared_distances(queries.at[query].get(mode="clip")[:, None],
-                                                          table.rows[node]), table.index[node])
+    distance, index = lexicographic_min(
+        squared_distances(queries.at[query].get(mode="clip")[:, None], table.rows[node]), table.index[node]
+    )
     distance = jnp.where(query < batch, distance, jnp.inf)
     best = jnp.full(batch, jnp.inf, distance.dtype).at[query].min(distance, mode="drop")
     tied = jnp.where(distance == best.at[query].get(mode="clip"), index, jnp.iinfo(jnp.int32).max)
@@ -264,8 +255,13 @@ def tree_search(table: SearchTable, queries: jax.Array, bound: jax.Array,
     return best, best_index, ~overflow & (best <= bound * (1.0 + CERTIFY_MARGIN))
 
 
-def nearest_neighbour(table: SearchTable, queries: jax.Array, hints: jax.Array, pairs_per_query: int = 16,
-                      fallback_queries: int = 8) -> tuple[jax.Array, dict[str, jax.Array]]:
+def nearest_neighbour(
+    table: SearchTable,
+    queries: jax.Array,
+    hints: jax.Array,
+    pairs_per_query: int = 16,
+    fallback_queries: int = 8,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Exact nearest table row (L2, lowest index on ties) of each query, and search statistics.
 
     ``hints`` are keys expected to be table rows (PRDC: the batch's own rows); they only decide how much
@@ -278,15 +274,21 @@ def nearest_neighbour(table: SearchTable, queries: jax.Array, hints: jax.Array, 
 
     def tree_pass(carry):
         index, bound, pending, brute, passes = carry
-        best, found, certified = tree_search(table, queries, jnp.where(pending, bound, -jnp.inf),
-                                             pairs_per_query * batch)
+        best, found, certified = tree_search(
+            table, queries, jnp.where(pending, bound, -jnp.inf), pairs_per_query * batch
+        )
         certified = certified & pending
         # The first pending query had the whole budget to itself: if that did not certify it, brute
         # force it, so every pass settles at least one query.
         stuck = (jnp.arange(batch) == jnp.argmax(pending)) & pending & ~certified
         # A pass's best rows are real rows even where it ran out of room: they tighten the next pass.
-        return (jnp.where(certified, found, index), jnp.minimum(bound, best), pending & ~certified & ~stuck,
-                brute | stuck, passes + 1)
+        return (
+            jnp.where(certified, found, index),
+            jnp.minimum(bound, best),
+            pending & ~certified & ~stuck,
+            brute | stuck,
+            passes + 1,
+        )
 
     finite = jnp.isfinite(queries).all(axis=-1)
     start = (jnp.full(batch, -1, jnp.int32), bound, finite, jnp.zeros(batch, bool), jnp.zeros((), jnp.int32))
@@ -304,8 +306,10 @@ def nearest_neighbour(table: SearchTable, queries: jax.Array, hints: jax.Array, 
         return index.at[chosen].set(found, mode="drop"), waiting.at[chosen].set(False, mode="drop")
 
     index, _ = jax.lax.while_loop(lambda carry: carry[1].any(), brute_force_pass, (index, brute))
-    return index, {"search_tree_passes": passes.astype(jnp.float32),
-                   "search_brute_force_fraction": brute.mean()}
+    return index, {
+        "search_tree_passes": passes.astype(jnp.float32),
+        "search_brute_force_fraction": brute.mean(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -315,80 +319,37 @@ def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
     spec = dataset.spec
     max_action = float(max(spec.action_high))
     actor, critic = networks(cfg, spec.action_dim, max_action)
-    actor_key, critic_key = jax.random.split(key)
-    observation = jnp.zeros((1, spec.observation_dim))
-    actor_params = actor.init(actor_key, observation)
-    critic_params = critic.init(critic_key, observation, jnp.zeros((1, spec.action_dim)))
-    return State(
-        actor=actor_params,
-        actor_target=actor_params,
-        critic=critic_params,
-        critic_target=critic_params,
-        actor_opt=optax.adam(cfg.actor_lr).init(actor_params),
-        critic_opt=optax.adam(cfg.critic_lr).init(critic_params),
-        step=jnp.zeros((), jnp.int32),
-        action_dim=spec.action_dim,
-        max_action=max_action,
-    )
+    return td3.init(key, actor, critic, spec, max_action, cfg)
 
 
-def critic_loss(critic_params: dict, state: State, batch: Batch, key: jax.Array, cfg: Config):
-    actor, critic = networks(cfg, state.action_dim, state.max_action)
-    noise = jnp.clip(
-        cfg.policy_noise * state.max_action * jax.random.normal(key, batch.actions.shape),
-        -cfg.noise_clip * state.max_action,
-        cfg.noise_clip * state.max_action,
-    )
-    next_actions = jnp.clip(
-        actor.apply(state.actor_target, batch.next_observations) + noise, -state.max_action, state.max_action
-    )
-    target_q = critic.apply(state.critic_target, batch.next_observations, next_actions).min(axis=0)
-    target = jax.lax.stop_gradient(batch.rewards + cfg.discount * batch.masks * target_q)
-    q = critic.apply(critic_params, batch.observations, batch.actions)
-    loss = ((q - target) ** 2).mean(axis=1).sum()
-    return loss, {"critic_loss": loss, "q_mean": q.mean()}
-
-
-def actor_loss(actor_params: dict, state: State, batch: Batch, table: SearchTable, cfg: Config):
+def actor_loss(
+    actor_params: dict, state: State, batch: Batch, table: SearchTable, cfg: Config
+) -> tuple[jax.Array, dict]:
     actor, critic = networks(cfg, state.action_dim, state.max_action)
     pi = actor.apply(actor_params, batch.observations)
     q1 = critic.apply(state.critic, batch.observations, pi)[0]
-    lmbda = jax.lax.stop_gradient(cfg.alpha / jnp.abs(q1).mean())
     queries = search_keys(cfg, batch.observations, jax.lax.stop_gradient(pi))
     own_rows = search_keys(cfg, batch.observations, batch.actions)
-    index, search_info = nearest_neighbour(table, queries, own_rows, cfg.search_pairs_per_query,
-                                           cfg.search_fallback_queries)
+    index, search_info = nearest_neighbour(
+        table, queries, own_rows, cfg.search_pairs_per_query, cfg.search_fallback_queries
+    )
     # The neighbour is a constant target, as the official code's numpy lookup.
     neighbour_actions = table.actions.at[index].get(mode="fill", fill_value=jnp.nan)
     bc_loss = ((pi - neighbour_actions) ** 2).mean()
-    loss = -lmbda * q1.mean() + bc_loss
+    loss = td3.q_objective(q1, cfg.alpha) + bc_loss
     return loss, {"actor_loss": loss, "bc_loss": bc_loss, **search_info}
 
 
-def update(state: State, batch: Batch, key: jax.Array, cfg: Config,
-           shared: SearchTable) -> tuple[State, dict]:
-    grads, critic_info = jax.grad(critic_loss, has_aux=True)(state.critic, state, batch, key, cfg)
-    updates, critic_opt = optax.adam(cfg.critic_lr).update(grads, state.critic_opt)
-    state = state.replace(critic=optax.apply_updates(state.critic, updates), critic_opt=critic_opt,
-                          step=state.step + 1)
-
-    def actor_step(state: State) -> tuple[State, dict]:
-        grads, info = jax.grad(actor_loss, has_aux=True)(state.actor, state, batch, shared, cfg)
-        updates, actor_opt = optax.adam(cfg.actor_lr).update(grads, state.actor_opt)
-        actor_params = optax.apply_updates(state.actor, updates)
-        return state.replace(
-            actor=actor_params,
-            actor_opt=actor_opt,
-            actor_target=polyak(state.actor_target, actor_params, cfg.tau),
-            critic_target=polyak(state.critic_target, state.critic, cfg.tau),
-        ), info
-
-    def skip(state: State) -> tuple[State, dict]:
-        return state, {"actor_loss": jnp.nan, "bc_loss": jnp.nan, "search_tree_passes": jnp.nan,
-                       "search_brute_force_fraction": jnp.nan}
-
-    # ``step`` is unbatched across vmapped seeds, so this stays a real branch (no search on critic steps).
-    state, actor_info = jax.lax.cond(state.step % cfg.policy_freq == 0, actor_step, skip, state)
+def update(
+    state: State, batch: Batch, key: jax.Array, cfg: Config, shared: SearchTable
+) -> tuple[State, dict]:
+    actor, critic = networks(cfg, state.action_dim, state.max_action)
+    target, _ = td3.td_target(actor, critic, state, batch, key, cfg)
+    state, critic_info = td3.critic_step(state, critic, batch, target, cfg)
+    # No search on critic-only steps: the delayed actor step is a real branch.
+    state, actor_info = td3.delayed_actor_step(
+        state, lambda actor_params, state: actor_loss(actor_params, state, batch, shared, cfg), cfg
+    )
     return state, {**critic_info, **actor_info}
 
 

@@ -4,7 +4,9 @@ A baseline is a runs table (the schema of :mod:`offbench.bench.results`, one row
 ``results/ci/baseline.parquet``, written from a results directory by :func:`write_baseline`
 (``offbench check --results DIR --baseline FILE --write-baseline``).
 
-The rule, applied to each (algorithm, sampler, dataset) pair of the baseline:
+The rule, applied to each (label, sampler, dataset) pair of the baseline (the label is the method's
+name in a suite, the algorithm unless the suite entry gives one, so ablations of one algorithm are
+separate pairs; tables written before labels existed get their algorithm as label):
 
 1. Metric. ``final_score`` (normalised) when every ``ok`` seed of the pair has one in both the
    baseline and the results, otherwise ``final_return`` for both (datasets without reference scores).
@@ -51,8 +53,8 @@ import pandas as pd
 from rich.table import Table
 from scipy import stats as scipy_stats
 
-PAIR = ["algorithm", "sampler", "dataset"]
-COLUMNS = [*PAIR, "hparams_hash", "seed", "final_score", "final_return", "status"]
+PAIR = ["label", "sampler", "dataset"]
+COLUMNS = ["algorithm", "sampler", "dataset", "hparams_hash", "seed", "final_score", "final_return", "status"]
 ALPHA = 0.05
 ABS_TOL = 1.0
 REL_TOL = 0.02
@@ -65,9 +67,9 @@ class CheckError(ValueError):
 
 @dataclass(frozen=True)
 class PairResult:
-    """The comparison of one (algorithm, sampler, dataset) pair."""
+    """The comparison of one (label, sampler, dataset) pair."""
 
-    algorithm: str
+    label: str
     sampler: str
     dataset: str
     metric: str  # "score" or "return"
@@ -84,7 +86,7 @@ class PairResult:
 
     @property
     def name(self) -> str:
-        return f"{self.algorithm}/{self.sampler}/{self.dataset}"
+        return f"{self.label}/{self.sampler}/{self.dataset}"
 
     def explanation(self) -> str:
         """Why a failing pair failed, in one sentence."""
@@ -113,7 +115,13 @@ def read_runs(path: Path, what: str) -> pd.DataFrame:
         raise CheckError(f"{what} {path} is not a runs table: it lacks column(s) {missing}.")
     if frame.empty:
         raise CheckError(f"{what} {path} has no rows.")
-    return frame
+    return with_labels(frame)
+
+
+def with_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` whose rows without a label (tables from before labels) are labelled by their algorithm."""
+    label = frame["label"] if "label" in frame.columns else pd.Series(None, index=frame.index, dtype=object)
+    return frame.assign(label=label.fillna(frame["algorithm"]))
 
 
 def read_results_runs(results_dir: Path) -> pd.DataFrame:
@@ -210,11 +218,12 @@ def compare(
         raise CheckError(f"alpha must be strictly between 0 and 1, got {alpha}.")
     if abs_tol < 0 or rel_tol < 0:
         raise CheckError(f"tolerances must be non-negative, got abs_tol={abs_tol}, rel_tol={rel_tol}.")
+    current, baseline = with_labels(current), with_labels(baseline)
     baseline_pairs = sorted(baseline.groupby(PAIR).groups)
     new_pairs = sorted(set(current.groupby(PAIR).groups) - set(baseline_pairs))
 
     def rows(frame: pd.DataFrame, pair: tuple[str, str, str]) -> pd.DataFrame:
-        mask = (frame["algorithm"] == pair[0]) & (frame["sampler"] == pair[1]) & (frame["dataset"] == pair[2])
+        mask = (frame["label"] == pair[0]) & (frame["sampler"] == pair[1]) & (frame["dataset"] == pair[2])
         return frame[mask]
 
     return [

@@ -156,7 +156,10 @@ def run(
             fail(str(error))
     name = job_name(job)
     evals_path, runs_path = results.write_job(out, name, evals, runs)
-    summary = runs[["seed", "final_score", "final_return", "status"]].to_string(index=False)
+    columns = ["seed", "final_score", "final_return", "status"]
+    if runs["final_success_rate"].notna().any():  # environments that report success (OGBench)
+        columns.insert(3, "final_success_rate")
+    summary = runs[columns].to_string(index=False)
     console.print(summary)
     print(f"evals: {evals_path}\nruns:  {runs_path}")
 
@@ -379,53 +382,93 @@ def datasets_info(
         print(f"{key:28s} {value}")
 
 
-@app.command()
+@app.command(epilog="See bench/perf.py for what each column measures and how the roofline is built.")
 def perf(
     algorithm: Annotated[
-        list[str], typer.Option(help="Algorithms to measure (repeatable; default all).")
+        list[str], typer.Option("--algorithm", "-a", help="Algorithm to measure (repeatable; default all).")
     ] = [],  # noqa: B006
-    seeds: Annotated[str, typer.Option(help="Seed counts to vmap, e.g. '1,4,16'.")] = "1,4,16",
-    size: Annotated[list[int], typer.Option(help="Synthetic dataset sizes (repeatable).")] = [200_000],  # noqa: B006
-    chunk: Annotated[int, typer.Option(help="Updates per timed chunk.")] = 200,
-    out: Annotated[Path, typer.Option(help="Directory for the perf parquet.")] = Path("results/perf"),
+    seeds: Annotated[
+        str | None, typer.Option(help="Vmapped seed counts, comma-separated (default 1,4,16; --quick 1,4).")
+    ] = None,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            help="Synthetic dataset sizes in transitions, comma-separated "
+            "(default 200000,1000000; --quick 200000)."
+        ),
+    ] = None,
+    chunk: Annotated[int, typer.Option(help="Updates per jitted call (lax.scan length).")] = 10,
+    seconds: Annotated[
+        float | None, typer.Option(help="Least seconds per timed repeat (default 2; --quick 0.5).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Timed repeats per cell; the median is reported.")] = 3,
+    evaluation: Annotated[
+        bool, typer.Option(help="Measure evaluation env steps/s (offbench evaluator, gymnasium, envpool).")
+    ] = True,
+    datasets: Annotated[
+        bool, typer.Option(help="Measure loading offbench/hopper/medium-v0 and generating a small dataset.")
+    ] = True,
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="Seeds 1,4, 200k transitions, shorter repeats; writes <device>-quick/."),
+    ] = False,
+    out: Annotated[
+        Path, typer.Option(help="Parent directory of the <device>/ folder of parquet files.")
+    ] = Path("results/perf"),
 ) -> None:
-    """Measure updates/s per seed, compile time, FLOPs and the matmul-roofline fraction per algorithm."""
-    from rich.table import Table
+    """Measure training and evaluation speed against the machine's matmul roofline (issue #7).
 
-    from offbench.algorithms import available_algorithms
+    Per algorithm, dataset size and vmapped seed count: updates/s per seed, compile seconds, XLA FLOPs
+    per update, the fraction of a matmul roofline of the network's shapes measured in the same run, and
+    the cost relative to TD3+BC. Then evaluation env steps/s, dataset load and generation seconds, and
+    the targets with pass/fail. Tables go to stdout and to OUT/<device>/*.parquet.
+
+    Full table (every algorithm; seeds 1,4,16; 200k and 1M transitions; roughly 30-40 minutes on a
+    2-core CPU, most of it CQL, DQC and A2PR at 16 seeds): offbench perf
+
+    Quick look (seeds 1,4; 200k transitions; 0.5 s timed repeats; about 10 minutes on one CPU core):
+    offbench perf --quick
+
+    PRDC beside TD3+BC on 200k and 1M transitions (issue #4):
+    offbench perf -a td3bc -a prdc --size 200000,1000000 --no-evaluation --no-datasets
+    """
+    from rich.console import Console as StdoutConsole
+
+    from offbench.algorithms import UnknownAlgorithmError, available_algorithms, get_algorithm
     from offbench.bench import perf as perf_module
 
-    counts = [int(x) for x in seeds.split(",")]
-    frame = perf_module.run(algorithm or available_algorithms(), counts, size, chunk=chunk, out=out)
-    table = Table(title=f"offbench perf on {frame['device'].iloc[0]}")
-    for column in (
-        "algorithm",
-        "seeds",
-        "dataset size",
-        "updates/s/seed",
-        "compile s",
-        "GFLOP/update",
-        "roofline %",
-    ):
-        table.add_column(column, justify="right")
-    for row in frame.itertuples():
-        table.add_row(
-            row.algorithm,
-            str(row.seeds),
-            f"{row.dataset_size:,}",
-            f"{row.updates_per_second_per_seed:,.0f}",
-            f"{row.compile_seconds:.1f}",
-            f"{row.flops_per_update / 1e9:.3f}",
-            f"{100 * row.roofline_fraction:.0f}",
-        )
-    Console().print(table)
-    first = frame.iloc[0]
-    print(
-        f"evaluation: {first.evaluation_env_steps_per_second:,.0f} env steps/s through the evaluator, "
-        f"{first.bare_env_steps_per_second:,.0f} bare; "
-        f"overhead {100 * first.evaluation_overhead_fraction:.0f}%"
+    def positive_ints(text: str, option: str) -> list[int]:
+        try:
+            values = [int(part) for part in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or min(values) <= 0:
+            raise typer.BadParameter(f"{option} takes positive integers separated by commas, got {text!r}.")
+        return values
+
+    try:
+        algorithms = [get_algorithm(name).name for name in algorithm] or available_algorithms()
+    except UnknownAlgorithmError as error:
+        fail(str(error))
+    seed_counts = positive_ints(seeds or ("1,4" if quick else "1,4,16"), "--seeds")
+    sizes = positive_ints(size or ("200000" if quick else "200000,1000000"), "--size")
+    tables = perf_module.run(
+        algorithms,
+        seed_counts,
+        sizes,
+        chunk=chunk,
+        repeats=repeats,
+        min_seconds=seconds or (0.5 if quick else 2.0),
+        evaluation_seeds=5 if evaluation else None,
+        generate_size=10_000 if datasets else None,
+        log=console.print,
     )
-    print(f"written: {out}")
+    stdout = StdoutConsole(width=180, highlight=False)
+    for table in perf_module.render(tables):
+        stdout.print(table)
+    folder = perf_module.device_slug(tables.device) + ("-quick" if quick else "")
+    for path in perf_module.write(tables, out / folder):
+        print(f"written: {path}")
 
 
 @app.command("algorithms")

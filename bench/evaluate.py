@@ -4,10 +4,17 @@ One environment per (seed, episode), created once per job and reused at every ev
 step makes one batched, jitted policy call for all of them and steps only the environments whose
 episode is still running. Reset seeds come from the run seed and the episode index alone, so the
 same seed meets the same initial states at every evaluation and in every rerun.
+
+Success follows OGBench's own evaluation loop (``impls/utils/evaluation.py::evaluate`` in the OGBench
+repository; the pip wheel ships the environments, not that loop): an episode's success is
+``info["success"]`` of its last step. OGBench's singletask environments end an episode on the step
+taken from a solved state, so there the last step and "any step" agree. Environments whose last step
+reports no ``success`` (Gymnasium MuJoCo) give NaN.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import gymnasium as gym
@@ -21,6 +28,14 @@ def reset_seeds(run_seed: int, episodes: int) -> list[int]:
     """Environment reset seeds for one run seed, independent of the other seeds in the job."""
     state = np.random.SeedSequence([int(run_seed), 0xE7A1]).generate_state(episodes, dtype=np.uint32)
     return [int(s) for s in state]
+
+
+@dataclasses.dataclass(frozen=True)
+class Episodes:
+    """One evaluation's outcome per (seed, episode); NaN for the seeds marked inactive."""
+
+    returns: np.ndarray  # [seeds, episodes] undiscounted returns
+    successes: np.ndarray  # [seeds, episodes] 1.0 / 0.0, NaN where the environment reports no success
 
 
 class Evaluator:
@@ -47,8 +62,8 @@ class Evaluator:
 
     def run(
         self, policy: Callable[[np.ndarray, int], np.ndarray], active: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Undiscounted returns, shape [seeds, episodes]; NaN for seeds marked inactive.
+    ) -> Episodes:
+        """Every episode of every active seed, run to its end; inactive seeds get NaN.
 
         ``policy(observations[seeds, episodes, obs], call_index)`` returns actions [seeds, episodes, act],
         or action chunks [seeds, episodes, horizon, act]: a chunk is executed open-loop, then the policy
@@ -62,6 +77,7 @@ class Evaluator:
             observation, _ = self.envs[index].reset(seed=self.reset_seeds[index])
             observations[index] = self._observation(observation)
         returns = np.zeros(len(self.envs), np.float64)
+        successes = np.full(len(self.envs), np.nan)
         shape = (self.num_seeds, self.episodes, self.spec.observation_dim)
         call_index = 0
         while running.any():
@@ -71,17 +87,19 @@ class Evaluator:
             chunks = np.clip(chunks, self.action_low, self.action_high)
             for offset in range(chunks.shape[1]):
                 for index in np.nonzero(running)[0]:
-                    observation, reward, terminated, truncated, _ = self.envs[index].step(
+                    observation, reward, terminated, truncated, info = self.envs[index].step(
                         chunks[index, offset]
                     )
                     observations[index] = self._observation(observation)
                     returns[index] += float(reward)
                     if terminated or truncated:
                         running[index] = False
+                        if "success" in info:  # the last step's flag, as OGBench's evaluation reads it
+                            successes[index] = float(bool(info["success"]))
                     self.env_steps += 1
         returns = returns.reshape(self.num_seeds, self.episodes)
-        returns[~seeds_active] = np.nan
-        return returns
+        returns[~seeds_active] = np.nan  # their successes are NaN already: they never stepped
+        return Episodes(returns=returns, successes=successes.reshape(self.num_seeds, self.episodes))
 
     def close(self) -> None:
         for env in self.envs:

@@ -13,15 +13,20 @@
   - an aggregate table: IQM, median, mean and optimality gap (γ = 100) with stratified-bootstrap 95%
     intervals (:func:`offbench.bench.stats.aggregate_intervals`), over the datasets that have
     reference scores, for the methods that ran on all of them;
+  - a per-dataset success-rate table, only when some dataset's environment reports success (OGBench):
+    the final success rate in percent (``final_success_rate``, the mean over the last ``final_k``
+    evaluations of the fraction of successful episodes), ``mean ± h`` over seeds as above, a diverged seed
+    counting 0; datasets without a success signal are left out of it;
   - a runs table: datasets, seeds per dataset, diverged and failed seed counts per method;
 - ``aggregate_intervals.png``, ``performance_profiles.png`` and ``learning_curves.png``.
 
 Conventions, chosen to match rliable and CORL:
 
-- A *method* is the algorithm name for rows whose sampler is ``uniform`` and ``algorithm+sampler``
-  otherwise (``iql`` and ``iql+rw`` side by side). When one method has several hyper-parameter
-  configurations on a dataset (a grid), every row of that method is labelled ``method@hash`` with the
-  first 6 characters of ``hparams_hash``.
+- A *method* is the row's ``label`` (the algorithm name, unless the suite entry names it, e.g.
+  ``dqc-os``) for rows whose sampler is ``uniform`` and ``label+sampler`` otherwise (``iql`` and
+  ``iql+rw`` side by side). When one method has several hyper-parameter configurations on a dataset
+  (a grid), every row of that method is labelled ``method@hash`` with the first 6 characters of
+  ``hparams_hash``.
 - A diverged seed scores 0, the random-policy score, on datasets with reference scores; a raw return
   has no such reference, so there a diverged seed is left out of the cell (and counted). A *failed* seed
   is a runs row whose status is neither ``ok`` nor ``diverged``, or a seed of a job that the sweep
@@ -49,9 +54,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from matplotlib.figure import Figure
 
-from offbench.bench import stats
+from offbench.bench import results, stats
 
 CONFIDENCE = 0.95
 DEFAULT_REPS = 50_000
@@ -67,8 +73,16 @@ PLOTS = {
 METRIC_TITLES = {"iqm": "IQM", "median": "Median", "mean": "Mean", "optimality_gap": "Optimality gap"}
 # Run statuses with a final value; any other status is a failure.
 FINISHED = ("ok", "diverged")
-KEYS = ["algorithm", "sampler", "dataset", "hparams_hash", "seed"]
-RUNS_COLUMNS = [*KEYS, "final_score", "final_return", "status", "ref_min_score", "ref_max_score"]
+KEYS = ["algorithm", "label", "sampler", "dataset", "hparams_hash", "seed"]
+RUNS_COLUMNS = [
+    *KEYS,
+    "final_score",
+    "final_return",
+    "final_success_rate",
+    "status",
+    "ref_min_score",
+    "ref_max_score",
+]
 EVALS_COLUMNS = [*KEYS, "step", "return_mean", "normalized_score", "status"]
 
 
@@ -85,11 +99,20 @@ class Tables:
     matrices: dict[str, np.ndarray]  # method -> (seeds, scored datasets), as aggregated
     counts: pd.DataFrame  # method, datasets, seeds, diverged, failed
     notes: list[str]
+    success: pd.DataFrame  # as cells, in percent, for the datasets with a success signal; may be empty
 
 
-def _read(path: Path, what: str, columns: list[str] | None = None) -> pd.DataFrame:
+def _read(path: Path, what: str) -> pd.DataFrame:
     try:
-        return pd.read_parquet(path, columns=columns)
+        return pd.read_parquet(path)
+    except (OSError, ValueError, KeyError) as error:
+        raise ReportError(f"cannot read the {what} table at {path}: {error}") from error
+
+
+def _read_results(path: Path, what: str, schema: pa.Schema, columns: list[str]) -> pd.DataFrame:
+    """A runs or evals directory, files of older schema versions included (``results.read_table``)."""
+    try:
+        return results.read_table(path, schema, columns)
     except (OSError, ValueError, KeyError) as error:
         raise ReportError(f"cannot read the {what} table at {path}: {error}") from error
 
@@ -101,7 +124,7 @@ class Results:
     runs: pd.DataFrame
     evals: pd.DataFrame  # may be empty
     quality: pd.DataFrame | None  # DIR/datasets.parquet, when present
-    failures: pd.DataFrame  # algorithm, sampler, seeds: one row per job in DIR/failures/*.json
+    failures: pd.DataFrame  # algorithm, label, sampler, seeds: one row per job in DIR/failures/*.json
 
 
 def _failures(failures_dir: Path) -> pd.DataFrame:
@@ -109,13 +132,15 @@ def _failures(failures_dir: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(failures_dir.glob("*.json")):
         try:
-            seeds = len(json.loads(path.read_text())["job"]["seeds"])
+            job = json.loads(path.read_text())["job"]
+            seeds = len(job["seeds"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ReportError(f"cannot read the failure record {path}: {error}") from error
         # Job names are "<algorithm>-<sampler>__<dataset>__<hash>"; algorithm names have no "-".
         algorithm, _, sampler = path.stem.split("__")[0].partition("-")
-        rows.append({"algorithm": algorithm, "sampler": sampler, "seeds": seeds})
-    return pd.DataFrame(rows, columns=["algorithm", "sampler", "seeds"])
+        label = job.get("label") or algorithm  # records written before labels have none
+        rows.append({"algorithm": algorithm, "label": label, "sampler": sampler, "seeds": seeds})
+    return pd.DataFrame(rows, columns=["algorithm", "label", "sampler", "seeds"])
 
 
 def load_results(results_dir: Path) -> Results:
@@ -126,12 +151,12 @@ def load_results(results_dir: Path) -> Results:
             f"no runs parquet files in {runs_dir}: point the report at the --out directory of "
             "`offbench run` (it holds runs/ and evals/)."
         )
-    runs = _read(runs_dir, "runs", RUNS_COLUMNS)
+    runs = _read_results(runs_dir, "runs", results.RUNS_SCHEMA, RUNS_COLUMNS)
     if runs.empty:
         raise ReportError(f"the runs table in {runs_dir} has no rows: there is nothing to report.")
     has_evals = any(evals_dir.glob("*.parquet"))
     evals = (
-        _read(evals_dir, "evals", EVALS_COLUMNS)
+        _read_results(evals_dir, "evals", results.EVALS_SCHEMA, EVALS_COLUMNS)
         if has_evals
         else runs.iloc[:0][KEYS].assign(
             step=pd.Series(dtype="int64"), return_mean=np.nan, normalized_score=np.nan, status=""
@@ -150,14 +175,12 @@ def load_results(results_dir: Path) -> Results:
 
 
 def _base_labels(frame: pd.DataFrame) -> pd.Series:
-    """``algorithm`` for the uniform sampler, ``algorithm+sampler`` for any other."""
-    return frame["algorithm"].where(
-        frame["sampler"] == "uniform", frame["algorithm"] + "+" + frame["sampler"]
-    )
+    """``label`` for the uniform sampler, ``label+sampler`` for any other."""
+    return frame["label"].where(frame["sampler"] == "uniform", frame["label"] + "+" + frame["sampler"])
 
 
 def method_labels(keys: pd.DataFrame) -> pd.Series:
-    """The method name of each row of a frame with algorithm, sampler, dataset and hparams_hash columns."""
+    """The method name of each row of a frame with label, sampler, dataset and hparams_hash columns."""
     labels = _base_labels(keys)
     configs = keys.assign(label=labels).groupby(["label", "dataset"])["hparams_hash"].nunique()
     grid = set(configs[configs > 1].index.get_level_values("label"))
@@ -167,7 +190,7 @@ def method_labels(keys: pd.DataFrame) -> pd.Series:
 
 def _label(runs: pd.DataFrame, evals: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Add a ``method`` column to both tables, labelled from the union of their keys (one naming)."""
-    key_columns = ["algorithm", "sampler", "dataset", "hparams_hash"]
+    key_columns = ["label", "sampler", "dataset", "hparams_hash"]
     keys = pd.concat([runs[key_columns], evals[key_columns]]).drop_duplicates(ignore_index=True)
     keys["method"] = method_labels(keys)
     return runs.merge(keys, on=key_columns, how="left"), evals.merge(keys, on=key_columns, how="left")
@@ -188,6 +211,33 @@ def _values(frame: pd.DataFrame, scored: set[str], score: str, raw: str) -> pd.S
     return value.mask(~frame["status"].isin(FINISHED))
 
 
+def _success_values(runs: pd.DataFrame) -> pd.Series:
+    """Per row: the final success rate in percent (diverged = 0) where the dataset has a success signal."""
+    has_signal = runs["final_success_rate"].notna().groupby(runs["dataset"]).transform("any")
+    value = (100.0 * runs["final_success_rate"]).mask(has_signal & (runs["status"] == "diverged"), 0.0)
+    return value.where(has_signal & runs["status"].isin(FINISHED))
+
+
+def _cells(runs: pd.DataFrame, reps: int, seed: int) -> pd.DataFrame:
+    """Per (dataset, method) of ``runs`` with a ``value`` column: seeds, mean and its 95% interval."""
+    rows = []
+    for (dataset, method), cell in runs.groupby(["dataset", "method"], sort=True):
+        values = cell["value"].dropna().to_numpy(float)
+        lower, upper = _mean_interval(values, reps, seed)
+        rows.append(
+            {
+                "dataset": dataset,
+                "method": method,
+                "seeds": len(values),
+                "mean": values.mean() if len(values) else np.nan,
+                "lower": lower,
+                "upper": upper,
+                "half_width": (upper - lower) / 2.0,
+            }
+        )
+    return pd.DataFrame(rows, columns=["dataset", "method", "seeds", "mean", "lower", "upper", "half_width"])
+
+
 def _mean_interval(values: np.ndarray, reps: int, seed: int) -> tuple[float, float]:
     """Percentile-bootstrap interval of the mean of one cell's seeds (NaN bounds for a single seed)."""
     if len(values) < 2:
@@ -203,23 +253,10 @@ def compute_tables(data: Results, reps: int = DEFAULT_REPS, seed: int = 0) -> tu
     runs = runs.assign(value=_values(runs, scored, "final_score", "final_return"))
     notes: list[str] = []
 
-    rows = []
-    for (dataset, method), cell in runs.groupby(["dataset", "method"], sort=True):
-        values = cell["value"].dropna().to_numpy(float)
-        lower, upper = _mean_interval(values, reps, seed)
-        rows.append(
-            {
-                "dataset": dataset,
-                "method": method,
-                "scored": dataset in scored,
-                "seeds": len(values),
-                "mean": values.mean() if len(values) else np.nan,
-                "lower": lower,
-                "upper": upper,
-                "half_width": (upper - lower) / 2.0,
-            }
-        )
-    cells = pd.DataFrame(rows)
+    cells = _cells(runs, reps, seed)
+    cells.insert(2, "scored", cells["dataset"].isin(scored))
+    with_success = runs.assign(value=_success_values(runs))
+    success = _cells(with_success[with_success["value"].notna()], reps, seed)
 
     counts = _counts(runs, data.failures, cells)
     matrices = _aggregate_matrices(runs, scored, notes)
@@ -228,7 +265,7 @@ def compute_tables(data: Results, reps: int = DEFAULT_REPS, seed: int = 0) -> tu
         if matrices
         else pd.DataFrame(columns=["method", "metric", "point", "lower", "upper"])
     )
-    return Tables(cells, aggregate, matrices, counts, notes), evals
+    return Tables(cells, aggregate, matrices, counts, notes, success), evals
 
 
 def _counts(runs: pd.DataFrame, failures: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
@@ -292,13 +329,18 @@ def _format_cell(cell: pd.Series) -> str:
     return f"{cell['mean']:.1f} ± {cell['half_width']:.1f}"
 
 
-def per_dataset_display(tables: Tables, quality: pd.DataFrame | None) -> pd.DataFrame:
-    """The per-dataset table as strings: Dataset, [TQ, SACo], one column per method."""
-    cells = tables.cells
+def _grid(cells: pd.DataFrame) -> pd.DataFrame:
+    """Formatted cells pivoted to one row per dataset, one column per method (sorted)."""
     grid = cells.assign(text=cells.apply(_format_cell, axis=1)).pivot(
         index="dataset", columns="method", values="text"
     )
-    grid = grid.reindex(columns=sorted(grid.columns)).fillna(MISSING)
+    return grid.reindex(columns=sorted(grid.columns)).fillna(MISSING)
+
+
+def per_dataset_display(tables: Tables, quality: pd.DataFrame | None) -> pd.DataFrame:
+    """The per-dataset table as strings: Dataset, [TQ, SACo], one column per method."""
+    cells = tables.cells
+    grid = _grid(cells)
     scored = cells.groupby("dataset")["scored"].first()
     display = pd.DataFrame({"Dataset": [d if scored[d] else d + RAW_MARK for d in grid.index]})
     if quality is not None:
@@ -310,6 +352,12 @@ def per_dataset_display(tables: Tables, quality: pd.DataFrame | None) -> pd.Data
     for method in grid.columns:
         display[method] = grid[method].to_numpy()
     return display
+
+
+def success_display(tables: Tables) -> pd.DataFrame:
+    """The success-rate table as strings: Dataset, one column per method that ran on one of its datasets."""
+    grid = _grid(tables.success)
+    return pd.DataFrame({"Dataset": grid.index, **{method: grid[method].to_numpy() for method in grid}})
 
 
 def aggregate_display(tables: Tables) -> pd.DataFrame:
@@ -506,8 +554,8 @@ def _explanations(tables: Tables, reps: int, profile_reps: int, seed: int) -> di
     return {
         "intro": (
             f"Methods: {tables.cells['method'].nunique()}, datasets: {tables.cells['dataset'].nunique()}, "
-            f"runs in the tables: {runs_total}. A method is the algorithm, or algorithm+sampler when the "
-            "sampler is not uniform."
+            f"runs in the tables: {runs_total}. A method is the algorithm (or the suite's label for it), "
+            "or algorithm+sampler when the sampler is not uniform."
         ),
         "per_dataset": (
             "Final normalised score (D4RL ×100): mean over seeds ± half-width of the 95% percentile-"
@@ -522,6 +570,12 @@ def _explanations(tables: Tables, reps: int, profile_reps: int, seed: int) -> di
             f"seed {seed}). "
             "IQM: 25% trimmed mean of all runs pooled. Optimality gap: 100 − mean of min(score, 100), "
             "lower is better."
+        ),
+        "success": (
+            "Final success rate in percent (mean over the last evaluations of the fraction of episodes "
+            "that ended in success), on the datasets whose environment reports success: mean over seeds ± "
+            f"half-width of the 95% percentile-bootstrap interval ({reps:,} resamples, seed {seed}). A "
+            f"diverged seed counts 0. {MISSING} not run."
         ),
         "plots": f"Performance-profile and learning-curve bands: {profile_reps:,} bootstrap resamples.",
     }
@@ -539,6 +593,9 @@ def render_markdown(
         markdown_table(per_dataset_display(tables, quality)),
         "",
     ]
+    if len(tables.success):
+        parts += ["## Per-dataset success rates", "", text["success"], ""]
+        parts += [markdown_table(success_display(tables)), ""]
     aggregate = aggregate_display(tables)
     parts += ["## Aggregate", ""]
     parts += [text["aggregate"], "", markdown_table(aggregate)] if len(aggregate) else ["No aggregate."]
@@ -560,6 +617,12 @@ def render_html(
         if len(aggregate)
         else "<p>No aggregate.</p>"
     )
+    success_html = (
+        f'<h2>Per-dataset success rates</h2><p class="note">{html.escape(text["success"])}</p>'
+        f"{html_table(success_display(tables), 'success')}"
+        if len(tables.success)
+        else ""
+    )
     figures = "".join(
         f'<h3>{html.escape(PLOTS[name])}</h3><img alt="{html.escape(PLOTS[name])}" '
         f'src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
@@ -570,7 +633,7 @@ def render_html(
         f"<title>offbench leaderboard</title><style>{HTML_STYLE}</style></head><body>"
         f"<h1>offbench leaderboard</h1><p>{html.escape(text['intro'])}</p>"
         f'<h2>Per-dataset final scores</h2><p class="note">{html.escape(text["per_dataset"])}</p>'
-        f"{html_table(per_dataset_display(tables, quality), 'per-dataset')}"
+        f"{html_table(per_dataset_display(tables, quality), 'per-dataset')}{success_html}"
         f"<h2>Aggregate</h2>{aggregate_html}{notes}"
         f"<h2>Runs</h2>{html_table(counts_display(tables), 'runs')}"
         f'<h2>Plots</h2><p class="note">{html.escape(text["plots"])}</p>{figures}'

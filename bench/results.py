@@ -3,8 +3,14 @@
 ``<out>/evals/<job>.parquet``: one row per (seed, evaluation step).
 ``<out>/runs/<job>.parquet``: one row per seed, with the final score and provenance.
 Both are plain parquet: ``pandas.read_parquet("<out>/evals")`` reads a whole directory without
-importing offbench. Files are written under a temporary name and renamed, so a killed run never
-leaves a partial file behind.
+importing offbench (it takes its columns from one file, so ``metric_*`` columns that only some jobs
+have are lost; :func:`read_table` keeps every column). Files are written under a temporary name and
+renamed, so a killed run never leaves a partial file behind.
+
+Schema versions: 1, the first; 2 adds the ``label`` key (the method's name, the algorithm's unless a
+suite entry names it), ``success_rate`` per evaluation (the fraction of episodes that succeeded, NaN
+where the environment reports no success) and ``final_success_rate`` per run (its mean over the last
+``final_k`` evaluations, like ``final_return``). :func:`read_table` reads version-1 files as version 2.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -29,13 +34,14 @@ import pyarrow.parquet as pq
 
 from offbench.datasets.dataset import DatasetSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 KEY_FIELDS = [
     pa.field("suite", pa.string()),
     pa.field("dataset", pa.string()),
     pa.field("env", pa.string()),
     pa.field("algorithm", pa.string()),
+    pa.field("label", pa.string()),
     pa.field("sampler", pa.string()),
     pa.field("hparams", pa.string()),
     pa.field("hparams_hash", pa.string()),
@@ -49,6 +55,7 @@ EVALS_SCHEMA = pa.schema(
         pa.field("return_std", pa.float64()),
         pa.field("episodes", pa.int64()),
         pa.field("normalized_score", pa.float64()),
+        pa.field("success_rate", pa.float64()),
         pa.field("wall_time_s", pa.float64()),
         pa.field("status", pa.string()),
     ]
@@ -59,6 +66,7 @@ RUNS_SCHEMA = pa.schema(
         pa.field("steps", pa.int64()),
         pa.field("final_score", pa.float64()),
         pa.field("final_return", pa.float64()),
+        pa.field("final_success_rate", pa.float64()),
         pa.field("best_score", pa.float64()),
         pa.field("best_return", pa.float64()),
         pa.field("final_k", pa.int64()),
@@ -90,11 +98,22 @@ def hparams_hash(cfg: Any) -> str:
     return hashlib.sha256(hparams_json(cfg).encode()).hexdigest()[:12]
 
 
+DATASET_FILE_SUFFIXES = (".hdf5", ".h5", ".npz")
+
+
+def dataset_slug(dataset: str) -> str:
+    """The dataset's part of a job name: the id with runs of other characters than letters, digits, '.'
+    and '-' made '_'; a file's name without its folders, its suffix kept without the dot
+    (``data/cube-single-play-singletask-task1-v0.npz`` -> ``cube-single-play-singletask-task1-v0_npz``),
+    which keeps it apart from the OGBench dataset of the same name."""
+    path = Path(dataset)
+    if path.suffix in DATASET_FILE_SUFFIXES:
+        dataset = f"{path.stem}_{path.suffix.removeprefix('.')}"
+    return re.sub(r"[^A-Za-z0-9.\-]+", "_", dataset).strip("_")
+
+
 def job_name(algorithm: str, sampler: str, dataset: str, config_hash: str) -> str:
-    slug = re.sub(
-        r"[^A-Za-z0-9.\-]+", "_", Path(dataset).name if dataset.endswith((".hdf5", ".h5")) else dataset
-    ).strip("_")
-    return f"{algorithm}-{sampler}__{slug}__{config_hash}"
+    return f"{algorithm}-{sampler}__{dataset_slug(dataset)}__{config_hash}"
 
 
 @cache
@@ -116,6 +135,8 @@ def provenance() -> dict[str, Any]:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = "unknown"
+    import jax  # here, not at the top: readers of results (the report, notebooks) need no jax
+
     device = jax.devices()[0]
     return {
         "offbench_version": offbench_version,
@@ -154,6 +175,8 @@ def runs_frame(
         diverged = int(diverged_step[index]) >= 0
         last = seed_evals.tail(final_k)
         final_return = math.nan if diverged else float(last["return_mean"].mean())
+        # A diverged seed's success rates are NaN already; skipna=False keeps "no success signal" NaN.
+        final_success_rate = float(last["success_rate"].mean(skipna=False))
         best_return = math.nan if diverged else float(seed_evals["return_mean"].max())
         final_score, best_score = (spec.normalized_score(final_return), spec.normalized_score(best_return))
         rows.append(
@@ -163,6 +186,7 @@ def runs_frame(
                 "steps": steps,
                 "final_score": None if final_score is None or diverged else float(final_score),
                 "final_return": final_return,
+                "final_success_rate": final_success_rate,
                 "best_score": None if best_score is None or diverged else float(best_score),
                 "best_return": best_return,
                 "final_k": final_k,
@@ -224,9 +248,42 @@ def check_output_dir(out_dir: Path) -> None:
             )
 
 
+def upgrade(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """Rows read from an older schema version, with this version's columns of ``schema`` that they lack:
+    a version-1 row's label is its algorithm (a missing label, too) and its success rates are NaN (none
+    were recorded). ``schema_version`` keeps the version the row was written with."""
+    frame = frame.copy()
+    if "label" in schema.names and "algorithm" in frame.columns:
+        missing = pd.Series(None, index=frame.index, dtype=object)
+        frame["label"] = frame.get("label", missing).fillna(frame["algorithm"])
+    for column in ("success_rate", "final_success_rate"):
+        if column in schema.names and column not in frame.columns:
+            frame[column] = math.nan
+    return frame
+
+
+def read_table(directory: str | Path, schema: pa.Schema, columns: list[str] | None = None) -> pd.DataFrame:
+    """Every parquet file of ``directory`` as one frame, each file upgraded to this schema version
+    (:func:`upgrade`) and the columns of all files kept. ``columns`` selects columns; a file without
+    one of them gives nulls there. Raises FileNotFoundError when the directory holds no parquet file."""
+    paths = sorted(Path(directory).glob("*.parquet"))
+    if not paths:
+        raise FileNotFoundError(f"no parquet files in {directory}.")
+    frames = []
+    for path in paths:
+        present = pq.read_schema(path).names
+        # "algorithm" too: upgrade() derives a missing label from it
+        wanted = (
+            None if columns is None else [c for c in dict.fromkeys([*columns, "algorithm"]) if c in present]
+        )
+        frames.append(upgrade(pd.read_parquet(path, columns=wanted), schema))
+    frame = pd.concat(frames, ignore_index=True)
+    return frame if columns is None else frame.reindex(columns=columns)
+
+
 def read_runs(out_dir: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(out_dir) / "runs")
+    return read_table(Path(out_dir) / "runs", RUNS_SCHEMA)
 
 
 def read_evals(out_dir: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(out_dir) / "evals")
+    return read_table(Path(out_dir) / "evals", EVALS_SCHEMA)

@@ -1,7 +1,7 @@
 """What a benchmark is: a suite file (TOML) expanded into jobs.
 
-A suite names datasets (ids or glob patterns), algorithms with their samplers and hyper-parameter
-grids, seeds, the number of updates, the evaluation schedule and the final-score rule::
+A suite names datasets, algorithms with their samplers and hyper-parameter grids, seeds, the number of
+updates, the evaluation schedule and the final-score rule::
 
     name = "default"
     datasets = ["offbench/hopper/medium-v0", "offbench/*/medium-replay-v0"]
@@ -17,6 +17,17 @@ grids, seeds, the number of updates, the evaluation schedule and the final-score
     hparams = { hidden_dims = [256, 256] }   # fixed overrides
     grid = { alpha = [2.5, 5.0] }            # one job per combination
 
+    [[algorithms]]
+    name = "dqc"
+    label = "dqc-os"                         # the method's name in the results (default: the algorithm's)
+    hparams = { critic_horizon = 1, action_horizon = 1, use_chunk_critic = false }
+
+Datasets are Minari ids (local, generated on demand for ``offbench/...`` ids, or remote with
+``--download``), OGBench singletask dataset names (``cube-single-play-singletask-task1-v0``, read from
+the OGBench data folder), paths to D4RL HDF5 or OGBench npz files, and glob patterns over the ids.
+A ``label`` tells entries of one algorithm apart in the results and the leaderboard: every label names
+one algorithm, and no two entries may ask for the same job.
+
 Seeds are not separate jobs: they train together, vmapped, inside each job. Everything is validated
 before any training starts, with errors that name the bad key or value and the fix.
 """
@@ -26,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
+import re
 import tomllib
 from collections.abc import Callable, Iterable
 from importlib import resources
@@ -49,7 +61,9 @@ SUITE_KEYS = {
     "final_k",
     "algorithms",
 }
-ALGORITHM_KEYS = {"name", "samplers", "hparams", "grid"}
+ALGORITHM_KEYS = {"name", "label", "samplers", "hparams", "grid"}
+# A label becomes part of method names ("dqc-os", "iql+rw", "td3bc@1a2b3c"): plain characters only.
+LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 class SuiteError(ValueError):
@@ -62,6 +76,7 @@ class AlgorithmEntry:
     samplers: tuple[str, ...]
     hparams: tuple[tuple[str, Any], ...]
     grid: tuple[tuple[str, tuple[Any, ...]], ...]
+    label: str | None = None  # None: the algorithm's name
 
     def settings(self) -> list[tuple[tuple[str, Any], ...]]:
         """Every (sampler x grid point) as a tuple of hyper-parameter overrides."""
@@ -98,6 +113,7 @@ class Suite:
                 hparams=setting,
                 final_k=self.final_k,
                 suite=self.name,
+                label=entry.label,
             )
             for dataset in dataset_ids
             for entry in self.algorithms
@@ -183,6 +199,12 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
                 f"{where}: unknown algorithm {name!r}.{suggest(name, list(REGISTRY))} "
                 f"Available: {', '.join(sorted(REGISTRY))}."
             )
+        label = entry.get("label")
+        if label is not None and (not isinstance(label, str) or not LABEL.match(label)):
+            raise SuiteError(
+                f"{where} ({name}): label must be a name of letters, digits, '_', '.' and '-' starting with "
+                f'a letter or digit (e.g. "dqc-os"), got {label!r}.'
+            )
         config_type = get_algorithm(name).Config
         fields = config_fields(config_type)
         samplers = entry.get("samplers", ["uniform"])
@@ -212,6 +234,7 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
             samplers=tuple(samplers),
             hparams=tuple((k, _freeze(v)) for k, v in hparams.items()),
             grid=converted_grid,
+            label=label,
         )
         for setting in algorithm.settings():  # every combination must build a valid config
             try:
@@ -219,6 +242,7 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
             except (TypeError, ValueError) as error:
                 raise SuiteError(f"{where} ({name}): {error}") from error
         algorithms.append(algorithm)
+    _check_labels(algorithms, source)
 
     return Suite(
         name=str(raw.get("name", default_name)),
@@ -231,6 +255,20 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
         final_k=_positive_int(raw, "final_k", 1, source),
         algorithms=tuple(algorithms),
     )
+
+
+def _check_labels(algorithms: list[AlgorithmEntry], source: str) -> None:
+    """Every method name (an entry's label, else its algorithm) belongs to one algorithm, so the results
+    never pool two algorithms under one name."""
+    owners: dict[str, tuple[int, str]] = {}
+    for index, entry in enumerate(algorithms):
+        label = entry.label or entry.name
+        first, owner = owners.setdefault(label, (index, entry.name))
+        if owner != entry.name:
+            raise SuiteError(
+                f"{source}: algorithms[{index}] ({entry.name}) is labelled {label!r}, the method name of "
+                f"algorithms[{first}] ({owner}); a label names one algorithm. Choose another label."
+            )
 
 
 def _freeze(value: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 import traceback
@@ -20,7 +21,8 @@ from typing import Any
 from offbench.bench import results
 from offbench.bench.suite import Suite, SuiteError, expand_datasets
 from offbench.bench.train import ChunkReport, Job, job_name, run_job
-from offbench.datasets.dataset import Dataset
+from offbench.datasets.dataset import Dataset, DatasetError, suggest
+from offbench.datasets.sources import OGBENCH_NAME, import_ogbench, ogbench_data_dir, resolve_ogbench_name
 
 
 @dataclasses.dataclass
@@ -44,32 +46,87 @@ def available_dataset_ids() -> list[str]:
 
 
 def ensure_datasets(dataset_ids: list[str], available: list[str], download: bool = False) -> None:
-    """Refuse unknown datasets before any training; generate missing offbench datasets; with ``download``,
-    fetch missing remote Minari ids (e.g. ``mujoco/hopper/medium-v0``) from the Minari server."""
+    """Make sure every dataset can be loaded before any training starts, by kind:
+
+    - a D4RL HDF5 or OGBench npz path: the file exists. An npz file is named after the OGBench
+      singletask dataset it holds (``cube-single-play-singletask-task1-v0.npz``): a suite gives no
+      evaluation environment, and that name says which task relabels and evaluates it;
+    - an OGBench dataset name (``cube-single-play-singletask-task1-v0``): its file is in the OGBench data
+      folder, or with ``download`` is fetched by ``ogbench.download_datasets``;
+    - a local Minari id: nothing to do; an id offbench can generate (``offbench/hopper/...``,
+      ``offbench/ogbench/...``): generated now;
+    - any other id: with ``download``, fetched from the Minari server (``mujoco/hopper/medium-v0``).
+    """
     import minari
 
     local = set(minari.list_local_datasets())
     for dataset_id in dataset_ids:
-        if Path(dataset_id).suffix in {".hdf5", ".h5"}:
-            if not Path(dataset_id).expanduser().exists():
-                raise SuiteError(f"dataset file {dataset_id} does not exist.")
+        if Path(dataset_id).suffix in results.DATASET_FILE_SUFFIXES:
+            check_dataset_file(dataset_id)
+        elif OGBENCH_NAME.match(dataset_id):
+            ensure_ogbench(dataset_id, available, download)
+        elif dataset_id in local:
             continue
-        if dataset_id in local:
-            continue
-        if dataset_id not in available:
-            if download:
-                download_minari(dataset_id)
-                continue
-            from offbench.datasets.dataset import suggest
+        elif dataset_id in available:
+            from offbench.datasets.generate import catalog
 
+            catalog.generate(dataset_id)
+        elif download:
+            download_minari(dataset_id)
+        else:
             raise SuiteError(
-                f"unknown dataset {dataset_id!r}: not a local Minari dataset and not one offbench "
-                f"can generate. If it is a remote Minari id, rerun with --download (needs internet)."
-                f"{suggest(dataset_id, available)}"
+                f"unknown dataset {dataset_id!r}: not a local Minari dataset, not one offbench can generate, "
+                "not an OGBench dataset name and not a dataset file. If it is a remote Minari id, rerun with "
+                f"--download (needs internet).{suggest(dataset_id, available)}"
             )
-        from offbench.datasets.generate import catalog
 
-        catalog.generate(dataset_id)
+
+def check_dataset_file(dataset_id: str) -> None:
+    """A D4RL HDF5 or OGBench npz path exists, and an npz file's name says its task."""
+    path = Path(dataset_id).expanduser()
+    if not path.is_file():
+        raise SuiteError(
+            f"dataset file {dataset_id} does not exist (relative paths are resolved from {Path.cwd()})."
+        )
+    if path.suffix != ".npz":
+        return
+    try:
+        resolve_ogbench_name(path.name.removesuffix(".npz").removesuffix("-val"))
+    except DatasetError as error:
+        raise SuiteError(
+            f"{dataset_id}: a suite's npz file must be named after the OGBench singletask dataset it holds "
+            "(e.g. cube-single-play-singletask-task1-v0.npz), which names the task that relabels and "
+            f"evaluates it. Rename the file. ({error})"
+        ) from error
+
+
+def ensure_ogbench(name: str, available: list[str], download: bool) -> None:
+    """An OGBench dataset name's file is in the OGBench data folder, downloaded there if asked."""
+    try:
+        data_name, _ = resolve_ogbench_name(name)
+    except DatasetError as error:
+        raise SuiteError(str(error)) from error
+    folder = ogbench_data_dir()
+    if (folder / f"{data_name}.npz").exists():
+        return
+    generated = f"offbench/ogbench/{name}"
+    hint = (
+        f" Or use {generated!r}, the play data offbench generates locally." if generated in available else ""
+    )
+    if not download:
+        raise SuiteError(
+            f"OGBench dataset {name!r} needs the file {folder / data_name}.npz, which is missing: rerun with "
+            "--download (needs internet) to fetch it with ogbench.download_datasets, or copy it there (the "
+            f"folder is $OGBENCH_DATA_DIR, default ~/.ogbench/data).{hint}"
+        )
+    ogbench = import_ogbench()
+    try:
+        ogbench.download_datasets([data_name], dataset_dir=str(folder))
+    except OSError as error:  # urllib's URLError and HTTPError are OSErrors
+        raise SuiteError(
+            f"downloading OGBench dataset {data_name!r} failed ({error}). It needs internet access to "
+            f"{ogbench.utils.DATASET_URL}; offline, copy {data_name}.npz into {folder} by hand.{hint}"
+        ) from error
 
 
 def download_minari(dataset_id: str) -> None:
@@ -130,8 +187,29 @@ def plan(suite: Suite, out: Path, download: bool = False) -> tuple[list[Job], li
     dataset_ids = expand_datasets(suite.datasets, lambda: available)
     ensure_datasets(dataset_ids, available, download)
     jobs = suite.jobs(dataset_ids)
+    check_distinct_names(jobs)
     finished = [job for job in jobs if (out / "runs" / f"{job_name(job)}.parquet").exists()]
     return [job for job in jobs if job not in finished], finished
+
+
+def check_distinct_names(jobs: list[Job]) -> None:
+    """Refuse two jobs with one name: they would write one file, and the second would be skipped as done."""
+    seen: dict[str, Job] = {}
+    for job in jobs:
+        name = job_name(job)
+        other = seen.setdefault(name, job)
+        if other is job:
+            continue
+        if other.dataset != job.dataset:
+            raise SuiteError(
+                f"datasets {other.dataset!r} and {job.dataset!r} give the same job name {name!r}: dataset "
+                "files are named by their file name alone. Rename one of the files."
+            )
+        raise SuiteError(
+            f"two [[algorithms]] entries ask for the same job {name!r} ({job.algorithm} with the same "
+            f"sampler and resolved hyper-parameters, labels {other.label or other.algorithm!r} and "
+            f"{job.label or job.algorithm!r}). Remove one, or change its hyper-parameters."
+        )
 
 
 def run_local(jobs: list[Job], out: Path, progress: Any | None = None) -> tuple[list[str], dict[str, str]]:
@@ -155,6 +233,8 @@ def run_local(jobs: list[Job], out: Path, progress: Any | None = None) -> tuple[
                     if chunk.normalized_score is not None
                     else f"return {chunk.return_mean:.1f}"
                 )
+                if not math.isnan(chunk.success_rate):
+                    score += f", success {chunk.success_rate:.0%}"
                 progress.update(
                     updates_task,
                     completed=chunk.step,

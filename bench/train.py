@@ -134,6 +134,7 @@ class Job:
     suite: str = "adhoc"
     env_id: str | None = None
     download: bool = False
+    label: str | None = None  # the method's name in the results; None: the algorithm's name
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -151,6 +152,7 @@ class ChunkReport:
     updates_per_second: float  # per seed; every seed advances this many updates per second
     normalized_score: float | None
     return_mean: float
+    success_rate: float  # NaN when the environment reports no success
 
 
 def resolve(job: Job) -> Any:
@@ -196,7 +198,11 @@ def run_job(
     eval_rows: list[dict[str, Any]] = []
     train_seconds = eval_seconds = compile_seconds = 0.0
     step, wall_offset = 0, 0.0
-    fingerprint = f"{results.hparams_hash(cfg)}:{job.seeds}:{job.steps}:{job.eval_every}:{job.eval_episodes}"
+    # The schema version too: rows saved by an older schema would lack columns of this one.
+    fingerprint = (
+        f"v{results.SCHEMA_VERSION}:{results.hparams_hash(cfg)}:{job.seeds}:{job.steps}:{job.eval_every}:"
+        f"{job.eval_episodes}"
+    )
     if checkpoint_dir is not None:
         restored = checkpoint.load(
             checkpoint_dir, {"states": states, "keys": jax.random.key_data(keys)}, fingerprint
@@ -228,12 +234,12 @@ def run_job(
 
         tic = time.perf_counter()
         round_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, step)
-        episode_returns = evaluator.run(bind_policy(policy, states, round_keys), active=diverged_step < 0)
+        episodes = evaluator.run(bind_policy(policy, states, round_keys), active=diverged_step < 0)
         eval_seconds += time.perf_counter() - tic
         wall = time.perf_counter() - started
         for i, seed in enumerate(job.seeds):
             status = "diverged" if diverged_step[i] >= 0 else "ok"
-            seed_returns = episode_returns[i]
+            seed_returns = episodes.returns[i]
             return_mean = float(np.mean(seed_returns)) if status == "ok" else math.nan
             score = dataset.spec.normalized_score(return_mean) if status == "ok" else None
             eval_rows.append(
@@ -244,6 +250,8 @@ def run_job(
                     "return_std": float(np.std(seed_returns)) if status == "ok" else math.nan,
                     "episodes": job.eval_episodes,
                     "normalized_score": None if score is None else float(score),
+                    # NaN for a diverged seed (never stepped) and where the environment reports no success
+                    "success_rate": float(np.mean(episodes.successes[i])),
                     "wall_time_s": wall,
                     "status": status,
                     **{f"metric_{k}": float(np.asarray(v)[i]) for k, v in metrics.items()},
@@ -251,7 +259,7 @@ def run_job(
             )
         if on_chunk is not None:
             ok = diverged_step < 0
-            mean_return = float(np.mean(episode_returns[ok])) if ok.any() else math.nan
+            mean_return = float(np.mean(episodes.returns[ok])) if ok.any() else math.nan
             score = dataset.spec.normalized_score(mean_return)
             on_chunk(
                 ChunkReport(
@@ -259,6 +267,7 @@ def run_job(
                     step / max(train_seconds, 1e-9),
                     None if score is None or not ok.any() else float(score),
                     mean_return,
+                    float(np.mean(episodes.successes[ok])) if ok.any() else math.nan,
                 )
             )
         if checkpoint_dir is not None and step < job.steps:
@@ -280,6 +289,7 @@ def run_job(
         "dataset": dataset.spec.id,
         "env": dataset.spec.env_id or "",
         "algorithm": job.algorithm,
+        "label": job.label or job.algorithm,
         "sampler": cfg.sampler,
         "hparams": results.hparams_json(cfg),
         "hparams_hash": results.hparams_hash(cfg),

@@ -1,4 +1,4 @@
-"""A2PR: the adaptive BC target and weight, the value and VAE losses by hand, update order, vmapped seeds."""
+"""A2PR: the adaptive BC target and weight, the value and VAE losses by hand, the update order."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from offbench.algorithms import a2pr, get_algorithm, sampling
+from offbench.algorithms import a2pr, get_algorithm, sampling, td3
 from offbench.algorithms.config import resolve_config
 from offbench.algorithms.sampling import Batch
-from offbench.bench.train import init_states, make_train_chunk, seed_keys, state_axes
 
-SMALL = {"actor_hidden_dims": (8,), "critic_hidden_dims": (1,), "value_hidden_dims": (4,),
-         "vae_hidden_dims": (4, 4), "batch_size": 4}
+SMALL = {
+    "actor_hidden_dims": (8,),
+    "critic_hidden_dims": (1,),
+    "value_hidden_dims": (4,),
+    "vae_hidden_dims": (4, 4),
+    "batch_size": 4,
+}
 
 
 def constant_network(params, output_bias, output_layer: str | None = None):
@@ -38,8 +42,10 @@ def constant_network(params, output_bias, output_layer: str | None = None):
 
 def linear_critic(params):
     """Q1 = Q2 = a_0 + 10 with one hidden ReLU unit (observations 3, actions 2)."""
-    member = {"Dense_0": {"kernel": jnp.zeros((5, 1)).at[3, 0].set(1.0), "bias": jnp.array([10.0])},
-              "Dense_1": {"kernel": jnp.ones((1, 1)), "bias": jnp.zeros(1)}}
+    member = {
+        "Dense_0": {"kernel": jnp.zeros((5, 1)).at[3, 0].set(1.0), "bias": jnp.array([10.0])},
+        "Dense_1": {"kernel": jnp.ones((1, 1)), "bias": jnp.zeros(1)},
+    }
     stacked = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), member)
     assert jax.tree.structure(stacked) == jax.tree.structure(params["params"]["VmapMLP_0"])
     return {"params": {"VmapMLP_0": stacked}}
@@ -55,9 +61,13 @@ def hand_state(toy_dataset, **overrides):
 
 
 def one_sample(action) -> Batch:
-    return Batch(observations=jnp.array([[0.1, -0.2, 0.3]]), actions=jnp.asarray([action], jnp.float32),
-                 rewards=jnp.array([1.0]), next_observations=jnp.array([[0.0, 0.0, 1.0]]),
-                 masks=jnp.array([1.0]))
+    return Batch(
+        observations=jnp.array([[0.1, -0.2, 0.3]]),
+        actions=jnp.asarray([action], jnp.float32),
+        rewards=jnp.array([1.0]),
+        next_observations=jnp.array([[0.0, 0.0, 1.0]]),
+        masks=jnp.array([1.0]),
+    )
 
 
 PI = np.tanh([0.3, -0.2])
@@ -105,9 +115,13 @@ def test_value_target_is_the_min_of_the_updated_and_target_critics(toy_dataset):
     state = a2pr.init(jax.random.key(0), toy_dataset(), cfg)
     state = state.replace(critic=constant_network(state.critic, [[2.0], [3.0]]))  # updated critic: min = 2
     value = constant_network(state.value, [0.5])
-    batch = Batch(observations=jnp.zeros((3, 3)), actions=jnp.zeros((3, 2)),
-                  rewards=jnp.array([1.0, 1.0, 0.0]), next_observations=jnp.zeros((3, 3)),
-                  masks=jnp.array([1.0, 1.0, 0.0]))
+    batch = Batch(
+        observations=jnp.zeros((3, 3)),
+        actions=jnp.zeros((3, 2)),
+        rewards=jnp.array([1.0, 1.0, 0.0]),
+        next_observations=jnp.zeros((3, 3)),
+        masks=jnp.array([1.0, 1.0, 0.0]),
+    )
     target = jnp.array([5.0, 2.0, 7.0])  # the critic step's y
     loss, _ = a2pr.value_loss(value, state, batch, jnp.zeros((3, 2)), target, cfg)
     updated = np.array([1.0 + 0.9 * 2.0, 1.0 + 0.9 * 2.0, 0.0])  # y_Q; the terminal does not bootstrap
@@ -120,11 +134,21 @@ def test_vae_loss_by_hand(toy_dataset):
     mean, log_std = 0.3, -6.0  # log_std is clamped to -4
     heads = {"['params']['mean']['bias']": mean, "['params']['log_std']['bias']": log_std}
     vae = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.full_like(leaf, heads.get(jax.tree_util.keystr(path), 0.0))
-        if jax.tree_util.keystr(path) in heads else leaf, state.vae)
+        lambda path, leaf: (
+            jnp.full_like(leaf, heads.get(jax.tree_util.keystr(path), 0.0))
+            if jax.tree_util.keystr(path) in heads
+            else leaf
+        ),
+        state.vae,
+    )
     actions = jnp.array([[0.2, 0.0], [-0.8, 0.5], [0.9, -0.9]])  # Q1 = 10.2, 9.2, 10.9
-    batch = Batch(observations=jnp.zeros((3, 3)), actions=actions, rewards=jnp.zeros(3),
-                  next_observations=jnp.zeros((3, 3)), masks=jnp.ones(3))
+    batch = Batch(
+        observations=jnp.zeros((3, 3)),
+        actions=actions,
+        rewards=jnp.zeros(3),
+        next_observations=jnp.zeros((3, 3)),
+        masks=jnp.ones(3),
+    )
     v = jnp.array([10.0, 10.0, 10.9])  # positive advantage for the first sample only (10.9 > 10.9 is false)
     loss, info = a2pr.vae_loss(vae, state, batch, v, jax.random.key(2), cfg)
     weights = np.array([1.5, 0.0, 0.0])
@@ -165,8 +189,10 @@ def test_gradient_flows_through_the_vae_target_unless_switched_off(toy_dataset):
         expected = jax.grad(reference_actor_loss)(state.actor, state, batch, v, key, variant, stop)
         for a, b in zip(jax.tree.leaves(grads[stop]), jax.tree.leaves(expected), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
-    difference = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(grads[False]),
-                                                                 jax.tree.leaves(grads[True]), strict=True))
+    difference = max(
+        float(jnp.abs(a - b).max())
+        for a, b in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True]), strict=True)
+    )
     assert difference > 1e-4
 
 
@@ -179,15 +205,18 @@ def test_update_order(toy_dataset, monkeypatch):
     state = a2pr.init(jax.random.key(5), dataset, cfg).replace(step=jnp.ones((), jnp.int32))  # actor step
     seen = {}
 
-    def spy_on(name, loss):
-        def spy(params, reading, *args):
-            seen[name] = (reading, args)
-            return loss(params, reading, *args)
+    def spy_on(module, name):
+        function = getattr(module, name)
 
-        monkeypatch.setattr(a2pr, name, spy)
+        def spy(*args):
+            seen[name] = args
+            return function(*args)
 
-    for name in ("critic_loss", "value_loss", "vae_loss", "actor_loss"):
-        spy_on(name, getattr(a2pr, name))
+        monkeypatch.setattr(module, name, spy)
+
+    spy_on(td3, "critic_step")
+    for name in ("value_loss", "vae_loss", "actor_loss"):
+        spy_on(a2pr, name)
     with jax.disable_jit():  # the actor step's lax.cond then runs eagerly, so the spies see values
         after, _ = a2pr.update(state, batch, jax.random.key(6), cfg)
 
@@ -196,18 +225,21 @@ def test_update_order(toy_dataset, monkeypatch):
     _, _, value_net, _ = a2pr.networks(cfg, state.action_dim, state.max_action)
     old_v = value_net.apply(state.value, batch.observations)
     assert not same(after.critic, state.critic) and not same(after.value, state.value)
-    assert same(seen["critic_loss"][0].critic, state.critic)
-    assert same(seen["value_loss"][0].critic, after.critic)
-    vae_reads, (_, v_for_vae, _, _) = seen["vae_loss"]
+    assert same(seen["critic_step"][0].critic, state.critic)
+    assert same(seen["value_loss"][1].critic, after.critic)
+    _, vae_reads, _, v_for_vae, _, _ = seen["vae_loss"]
     assert same(vae_reads.critic, after.critic) and same(v_for_vae, old_v)
-    actor_reads, (_, v_for_actor, _, _) = seen["actor_loss"]
+    _, actor_reads, _, v_for_actor, _, _ = seen["actor_loss"]
     assert same(actor_reads.critic, after.critic) and same(actor_reads.vae, after.vae)
     assert not same(actor_reads.vae, state.vae) and same(v_for_actor, old_v)
     # The actor step moves the actor and both targets by Polyak averaging, and never the VAE.
     assert not same(after.actor, state.actor) and same(after.vae, actor_reads.vae)
-    np.testing.assert_allclose(leaves(after.critic_target),
-                               0.995 * leaves(state.critic_target) + 0.005 * leaves(after.critic), rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        leaves(after.critic_target),
+        0.995 * leaves(state.critic_target) + 0.005 * leaves(after.critic),
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 def test_dataset_overrides():
@@ -219,24 +251,3 @@ def test_dataset_overrides():
     assert resolve_config(a2pr.Config, "mujoco/walker2d/medium-v0", overrides).vae_weight == 1.5
     # Unpublished settings (here medium-replay) keep the code's defaults.
     assert resolve_config(a2pr.Config, "hopper-medium-replay-v2", overrides) == a2pr.Config()
-
-
-def test_vmapped_seed_equals_single_run(toy_dataset):
-    algorithm = get_algorithm("a2pr")
-    cfg = a2pr.Config(**{**SMALL, "critic_hidden_dims": (8,), "batch_size": 16})
-    data = sampling.prepare(toy_dataset(64), cfg)
-    chunk = make_train_chunk(algorithm, cfg, 12)
-
-    init_keys, keys = seed_keys((0, 7, 3))
-    states = init_states(algorithm, data, cfg, init_keys)
-    # Seed 7 alone starts from its slice of the vmapped initial states (init is per key); copies,
-    # because the chunk donates its inputs.
-    pick = lambda tree, i: jax.tree.map(  # noqa: E731
-        lambda leaf, axis: jnp.array(leaf) if axis is None else leaf[i], tree, state_axes(tree),
-        is_leaf=lambda x: x is None)
-    alone, _, _, _ = chunk(pick(states, slice(1, 2)), keys[1:2], data, None)
-    together, _, metrics, finite = chunk(states, keys, data, None)
-    assert np.asarray(finite).all() and np.isfinite(np.asarray(metrics["bc_loss"])).all()
-    for a, b in zip(jax.tree.leaves(pick(together, 1)), jax.tree.leaves(pick(alone, 0)), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    assert int(together.step) == 12

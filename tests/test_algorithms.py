@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from offbench.algorithms import bc, get_algorithm, iql, td3bc
+from offbench.algorithms import bc, get_algorithm, iql, td3, td3bc
 from offbench.algorithms.config import resolve_config
 from offbench.algorithms.sampling import Batch
 
@@ -46,12 +46,18 @@ def constant_network(params, output_bias, output_layer: str | None = None):
     return jax.tree_util.tree_map_with_path(set_bias, zeroed)
 
 
+def td3bc_critic_loss(state: td3bc.State, key: jax.Array, cfg: td3bc.Config) -> jax.Array:
+    actor, critic = td3bc.networks(cfg, state.action_dim, state.max_action)
+    target, _ = td3.td_target(actor, critic, state, BATCH, key, cfg)
+    return td3.critic_loss(state.critic, critic, BATCH, target)[0]
+
+
 def test_td3bc_critic_loss_by_hand(toy_dataset):
     cfg = td3bc.Config(hidden_dims=(4,), policy_noise=0.0)
     state = td3bc.init(jax.random.key(0), toy_dataset(), cfg)
     critic = constant_network(state.critic, [[1.0], [2.0]])  # Q1 = 1, Q2 = 2 everywhere
     state = state.replace(critic=critic, critic_target=critic)
-    loss, _ = td3bc.critic_loss(state.critic, state, BATCH, jax.random.key(1), cfg)
+    loss = td3bc_critic_loss(state, jax.random.key(1), cfg)
     # target = r + 0.99 * mask * min(1, 2) = [1.99, 2.0]; loss = mean((1-t)^2) + mean((2-t)^2)
     expected = np.mean([(1 - 1.99) ** 2, (1 - 2.0) ** 2]) + np.mean([(2 - 1.99) ** 2, 0.0])
     assert float(loss) == pytest.approx(expected, rel=1e-6)
@@ -74,7 +80,7 @@ def test_td3bc_critic_loss_with_clipped_target_noise_matches_numpy(toy_dataset):
     cfg = td3bc.Config(hidden_dims=(8, 8), policy_noise=5.0, noise_clip=0.5)
     state = td3bc.init(jax.random.key(0), toy_dataset(), cfg)
     key = jax.random.key(3)
-    loss, _ = td3bc.critic_loss(state.critic, state, BATCH, key, cfg)
+    loss = td3bc_critic_loss(state, key, cfg)
 
     noise = np.clip(5.0 * np.asarray(jax.random.normal(key, BATCH.actions.shape)), -0.5, 0.5)
     assert np.abs(noise).max() == 0.5  # the noise is large enough that clipping matters
@@ -109,9 +115,10 @@ def test_td3bc_actor_loss_by_hand(toy_dataset):
 def test_td3bc_actor_and_targets_move_every_second_step(toy_dataset):
     cfg = td3bc.Config(hidden_dims=(8,))
     state = td3bc.init(jax.random.key(0), toy_dataset(), cfg)
-    first, _ = td3bc.update(state, BATCH, jax.random.key(1), cfg)
+    first, info = td3bc.update(state, BATCH, jax.random.key(1), cfg)
     leaves = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])  # noqa: E731
     assert np.array_equal(leaves(first.actor), leaves(state.actor))
+    assert np.isnan(float(info["actor_loss"])) and np.isnan(float(info["bc_loss"]))  # no actor step: NaN
     assert np.array_equal(leaves(first.critic_target), leaves(state.critic_target))
     assert not np.array_equal(leaves(first.critic), leaves(state.critic))
     second, _ = td3bc.update(first, BATCH, jax.random.key(2), cfg)

@@ -191,3 +191,25 @@ def test_write_baseline_then_check_passes(results_dir: Path, tmp_path: Path) -> 
     stored = pd.read_parquet(baseline)
     assert len(stored) == 6 and list(stored.columns) == results.RUNS_SCHEMA.names
     assert invoke(results_dir, baseline).exit_code == 0
+
+
+def test_labels_of_one_algorithm_are_separate_pairs_and_old_baselines_have_none(tmp_path: Path) -> None:
+    def rows(label: str | None, scores: list[float]) -> list[dict]:
+        return [
+            run_row("dqc", "uniform", "cube", seed, score, label=label)
+            for seed, score in zip(SEEDS, scores, strict=True)
+        ]
+
+    current = pd.DataFrame(rows("dqc", [50.0, 51.0, 52.0]) + rows("dqc-os", [10.0, 11.0, 12.0]))
+    pairs = check.compare(current, current.copy())
+    assert [(p.name, p.verdict) for p in pairs] == [
+        ("dqc/uniform/cube", "pass"),
+        ("dqc-os/uniform/cube", "pass"),
+    ]
+    # A baseline written before labels existed has no label column: its rows are the plain algorithm's.
+    old_path = tmp_path / "old.parquet"
+    pd.DataFrame(rows(None, [50.0, 51.0, 52.0])).drop(columns="label").to_parquet(old_path)
+    old = check.read_runs(old_path, "baseline")
+    assert (old["label"] == "dqc").all()
+    verdicts = {p.name: p.verdict for p in check.compare(current, old)}
+    assert verdicts == {"dqc/uniform/cube": "pass", "dqc-os/uniform/cube": "new"}

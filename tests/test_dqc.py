@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from offbench.algorithms import dqc, get_algorithm, sampling
+from offbench.algorithms import dqc, sampling
 from offbench.algorithms.config import BaseConfig, resolve_config
 from offbench.bench import train as train_module
 from offbench.bench.evaluate import Evaluator
-from offbench.bench.train import Job, init_states, make_train_chunk, run_job, seed_keys, state_axes
+from offbench.bench.train import Job, run_job
 from offbench.datasets.dataset import DatasetSpec, build_dataset
 
 GAMMA = 0.5  # powers of 1/2 keep every hand-computed number exact in float32
@@ -219,7 +219,7 @@ def test_ns_with_one_step_equals_one_step_td_by_hand():
     assert float(info["critic_loss"]) == pytest.approx(expected)
 
     # With a real (random) value network: the same as IQL-style r + gamma m V(s') on a transition batch.
-    value = dqc.Value(os_.hidden_dims)
+    value = dqc.value_network(os_)
     params = {"value": value.init(jax.random.key(1), jnp.zeros((1, 1)))}
     starts = jnp.arange(10)
     plain = sampling.gather(sampling.prepare(episodes_dataset(), os_).dataset, starts)
@@ -238,6 +238,35 @@ def test_ns_and_qc_ns_use_the_full_window_for_the_target_and_the_short_chunk_for
         state = constant_state(cfg)
         assert first_kernel(state.params["critic"]).shape[1] == 1 + action_horizon  # obs + h_a actions
         np.testing.assert_array_equal(backup_targets(state.params, windows(STARTS), cfg), TARGETS)
+
+
+def test_networks_are_ogbench_mlps_with_layer_norm_after_the_activation():
+    """Dense -> GELU -> LayerNorm per hidden layer (the official code's order), then a linear output."""
+    value = dqc.value_network(dqc.Config(hidden_dims=(5, 4)))
+    observations = jax.random.normal(jax.random.key(0), (3, 2))
+    params = value.init(jax.random.key(1), observations)
+    layers = params["params"]["MLP_0"]
+    # Non-trivial LayerNorm scales and biases, so a misplaced LayerNorm cannot go unnoticed.
+    for name in ("LayerNorm_0", "LayerNorm_1"):
+        layers[name] = {
+            key: jax.random.uniform(jax.random.key(len(key)), leaf.shape, minval=0.5, maxval=2.0)
+            for key, leaf in layers[name].items()
+        }
+
+    def layer_norm(x, scale, bias):
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + 1e-6) * scale + bias
+
+    def gelu(x):  # the tanh approximation, flax's default
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+    x = np.asarray(observations, np.float64)
+    for i in range(2):
+        dense, norm = layers[f"Dense_{i}"], layers[f"LayerNorm_{i}"]
+        hidden = gelu(x @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"]))
+        x = layer_norm(hidden, np.asarray(norm["scale"]), np.asarray(norm["bias"]))
+    expected = (x @ np.asarray(layers["Dense_2"]["kernel"]) + np.asarray(layers["Dense_2"]["bias"]))[:, 0]
+    np.testing.assert_allclose(np.asarray(value.apply(params, observations)), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_dqc_critic_shapes():
@@ -273,27 +302,6 @@ def test_act_returns_the_chunk_the_controlled_critic_likes_best(monkeypatch, q_a
     assert q.min(0).argmax(0)[0] != q.mean(0).argmax(0)[0]  # the aggregation decides the first pick
     agg = q.min(0) if q_agg == "min" else q.mean(0)
     np.testing.assert_allclose(chosen[:, :, 0], candidates[agg.argmax(0), np.arange(3)])
-
-
-def test_vmapped_seed_equals_single_run(toy_dataset):
-    algorithm = get_algorithm("dqc")
-    cfg = dqc.Config(**{**SMALL, "critic_horizon": 4, "action_horizon": 2, "total_steps": 6})
-    data = sampling.prepare(toy_dataset(64), cfg)
-
-    def run(seeds):
-        init_keys, keys = seed_keys(seeds)
-        states = init_states(algorithm, data, cfg, init_keys)
-        states, _, metrics, finite = make_train_chunk(algorithm, cfg, 6)(states, keys, data, None)
-        assert np.asarray(finite).all() and np.isfinite(np.asarray(metrics["chunk_critic_loss"])).all()
-        return states
-
-    together, alone = run((0, 7, 3)), run((7,))
-    pick = lambda states, i: jax.tree.map(
-        lambda leaf, axis: leaf if axis is None else leaf[i], states, state_axes(states)
-    )
-    for a, b in zip(jax.tree.leaves(pick(together, 1)), jax.tree.leaves(pick(alone, 0)), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    assert int(together.step) == 6
 
 
 def test_bad_inputs_are_refused_with_clear_errors(toy_dataset):

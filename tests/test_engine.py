@@ -6,14 +6,16 @@ import dataclasses
 import subprocess
 import sys
 
+import gymnasium as gym
 import jax
 import numpy as np
 import pandas as pd
 import pytest
 
-from offbench.algorithms import get_algorithm, sampling
+from offbench.algorithms import available_algorithms, get_algorithm, sampling
 from offbench.bench import results
-from offbench.bench.evaluate import Evaluator, reset_seeds
+from offbench.bench import train as train_module
+from offbench.bench.evaluate import Episodes, Evaluator, reset_seeds
 from offbench.bench.train import (
     Job,
     init_states,
@@ -26,11 +28,34 @@ from offbench.bench.train import (
 from offbench.datasets.sources import load_dataset
 
 SMALL = {"hidden_dims": (32, 32), "batch_size": 16}
+# Every registered algorithm at a size that compiles quickly.
+SMALL_CONFIGS = {
+    "bc": SMALL,
+    "td3bc": SMALL,
+    "iql": SMALL,
+    "cql": {"hidden_dims": (16, 16), "batch_size": 16, "cql_n_actions": 4},
+    "a2pr": {
+        "actor_hidden_dims": (8,),
+        "critic_hidden_dims": (8,),
+        "value_hidden_dims": (4,),
+        "vae_hidden_dims": (4, 4),
+        "batch_size": 16,
+    },
+    "prdc": {"hidden_dims": (16,), "batch_size": 16, "search_leaf_size": 2},
+    "dqc": {
+        "hidden_dims": (16,),
+        "batch_size": 8,
+        "num_samples": 4,
+        "flow_steps": 3,
+        "critic_horizon": 4,
+        "action_horizon": 2,
+    },
+}
 
 
 def train(toy_dataset, name: str, seeds: tuple[int, ...], updates: int = 12, **overrides):
     algorithm = get_algorithm(name)
-    cfg = algorithm.Config(**{**SMALL, "total_steps": updates, **overrides})
+    cfg = algorithm.Config(**{**SMALL_CONFIGS[name], "total_steps": updates, **overrides})
     data = sampling.prepare(toy_dataset(64), cfg)
     init_keys, keys = seed_keys(seeds)
     states = init_states(algorithm, data, cfg, init_keys)
@@ -48,10 +73,11 @@ def seed_slice(states, index: int):
     )
 
 
-@pytest.mark.parametrize("name", ["bc", "td3bc", "iql"])
+@pytest.mark.parametrize("name", available_algorithms())
 def test_vmapped_seed_equals_single_run(toy_dataset, name):
-    together, _, _ = train(toy_dataset, name, (0, 7, 3))
+    together, _, finite = train(toy_dataset, name, (0, 7, 3))
     alone, _, _ = train(toy_dataset, name, (7,))
+    assert np.asarray(finite).all()
     for a, b in zip(
         jax.tree.leaves(seed_slice(together, 1)), jax.tree.leaves(seed_slice(alone, 0)), strict=True
     ):
@@ -104,13 +130,15 @@ def test_evaluator_runs_each_episode_once_with_one_batched_call_per_step(hopper_
         calls.append(observations.shape)
         return np.zeros(observations.shape[:2] + (3,))
 
-    returns = evaluator.run(zero_policy)
+    episodes = evaluator.run(zero_policy)
+    returns = episodes.returns
     assert returns.shape == (2, 3)
     assert all(shape == (2, 3, 11) for shape in calls)
     assert evaluator.env_steps >= len(calls)  # every call steps all still-running envs
-    again = evaluator.run(zero_policy)
+    assert np.isnan(episodes.successes).all() and episodes.successes.shape == (2, 3)  # Hopper: no signal
+    again = evaluator.run(zero_policy).returns
     np.testing.assert_array_equal(returns, again)  # same seeds, same initial states
-    inactive = evaluator.run(zero_policy, active=np.array([True, False]))
+    inactive = evaluator.run(zero_policy, active=np.array([True, False])).returns
     assert np.isnan(inactive[1]).all() and np.array_equal(inactive[0], returns[0])
 
 
@@ -183,11 +211,87 @@ def test_evaluator_executes_action_chunks_open_loop(hopper_minari):
         chunk_calls.append(call_index)
         return np.zeros(observations.shape[:2] + (4, 3))
 
-    per_step = evaluator.run(single)
-    per_chunk = evaluator.run(chunked)
+    per_step = evaluator.run(single).returns
+    per_chunk = evaluator.run(chunked).returns
     np.testing.assert_array_equal(per_step, per_chunk)  # same actions, so the same episodes
     assert len(chunk_calls) == -(-len(single_calls) // 4)  # one call per 4 steps of the longest episode
     assert chunk_calls == list(range(len(chunk_calls)))
+
+
+class SuccessFlagEnv(gym.Env):
+    """Three steps per episode; every step reports ``success`` = (first action component > 0)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.steps = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        info = {"success": bool(action[0] > 0)}
+        return np.zeros(3, np.float32), 1.0, False, self.steps == 3, info
+
+
+# First action component per (seed, episode, step): the sign at the last step decides success.
+SIGNS = np.array([[[1, 1, 1], [1, 1, -1]], [[-1, -1, 1], [-1, -1, -1]]], np.float32)
+
+
+def test_an_episode_succeeds_when_its_last_step_reports_success(toy_dataset):
+    spec = toy_dataset(20).spec
+    evaluator = Evaluator(spec, seeds=(0, 1), episodes=2, env_factory=SuccessFlagEnv)
+
+    def per_step(observations, call_index):
+        return np.stack([SIGNS[..., call_index], np.zeros((2, 2))], axis=-1)
+
+    def chunked(observations, call_index):  # the whole episode as one open-loop chunk
+        return np.stack([SIGNS, np.zeros((2, 2, 3))], axis=-1)
+
+    for policy in (per_step, chunked):
+        episodes = evaluator.run(policy)
+        # (0, 1) succeeded at steps 1-2 but not at the last: OGBench's evaluation counts it as a failure.
+        np.testing.assert_array_equal(episodes.successes, [[1.0, 0.0], [1.0, 0.0]])
+        np.testing.assert_array_equal(episodes.returns, np.full((2, 2), 3.0))
+    inactive = evaluator.run(per_step, active=np.array([False, True]))
+    np.testing.assert_array_equal(inactive.successes, [[np.nan, np.nan], [1.0, 0.0]])
+    evaluator.close()
+
+
+class ScriptedEvaluator:
+    """Stands in for the Evaluator in run_job: episode successes from a script, one entry per evaluation."""
+
+    script = [np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[0.0, 0.0], [1.0, 1.0]])]
+
+    def __init__(self, spec, seeds, episodes):
+        self.calls = 0
+
+    def run(self, policy, active=None):
+        successes = self.script[self.calls]
+        self.calls += 1
+        return Episodes(returns=np.full(successes.shape, 10.0), successes=successes)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize(("final_k", "expected"), [(1, [0.0, 1.0]), (2, [0.25, 1.0])])
+def test_success_rates_reach_the_eval_and_run_rows(hopper_minari, monkeypatch, final_k, expected):
+    monkeypatch.setattr(train_module, "Evaluator", ScriptedEvaluator)
+    job = Job("bc", hopper_minari, seeds=(0, 1), steps=4, eval_every=2, eval_episodes=2, final_k=final_k)
+    evals, runs = run_job(job, dataset=load_dataset(hopper_minari))
+    # seed 0: 1 of 2 episodes, then 0 of 2; seed 1: 2 of 2 both times
+    assert evals.sort_values(["step", "seed"])["success_rate"].tolist() == [0.5, 1.0, 0.0, 1.0]
+    assert runs["final_success_rate"].tolist() == expected
+    assert runs["label"].tolist() == ["bc", "bc"]
+
+
+def test_no_success_signal_gives_nan_rates(hopper_minari):
+    job = Job("bc", hopper_minari, seeds=(0,), steps=2, eval_every=1, eval_episodes=1, final_k=2)
+    evals, runs = run_job(job, dataset=load_dataset(hopper_minari))
+    assert evals["success_rate"].isna().all() and runs["final_success_rate"].isna().all()
+    assert evals["return_mean"].notna().all()
 
 
 IQL_THREE_SEEDS = """

@@ -10,11 +10,15 @@ import urllib.error
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from offbench.bench.cli import app
 from offbench.bench.evaluate import Evaluator
+from offbench.bench.suite import Suite, SuiteError, parse_suite
+from offbench.bench.sweep import plan, sweep
+from offbench.bench.train import job_name
 from offbench.datasets.dataset import DatasetError
 from offbench.datasets.generate import catalog, ogbench_play
 from offbench.datasets.sources import import_ogbench, load_dataset, make_env
@@ -217,9 +221,10 @@ def test_generated_dataset_loads_and_evaluates_in_the_singletask_env(minari_root
         data.spec, seeds=(0,), episodes=1, env_factory=lambda: make_env(data.spec, max_episode_steps=5)
     )
     rng = np.random.default_rng(0)
-    returns = evaluator.run(lambda observations, call: rng.uniform(-1, 1, (*observations.shape[:2], 5)))
+    episodes = evaluator.run(lambda observations, call: rng.uniform(-1, 1, (*observations.shape[:2], 5)))
     evaluator.close()
-    assert returns.shape == (1, 1) and -5.0 <= returns[0, 0] <= 0.0
+    assert episodes.returns.shape == (1, 1) and -5.0 <= episodes.returns[0, 0] <= 0.0
+    assert episodes.successes[0, 0] in (0.0, 1.0)  # OGBench reports success: never NaN here
     assert evaluator.env_steps >= 1
 
 
@@ -254,3 +259,85 @@ def test_generation_bad_input_is_refused_before_any_work(minari_root):
         result = runner.invoke(app, ["datasets", "generate", *args])
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
     assert list(minari_root.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Suites
+
+
+def ogbench_suite(*datasets: str) -> Suite:
+    return parse_suite(
+        {
+            "name": "og",
+            "datasets": list(datasets),
+            "seeds": [0],
+            "steps": 2,
+            "eval_every": 2,
+            "eval_episodes": 2,
+            "algorithms": [{"name": "bc", "hparams": {"hidden_dims": [8], "batch_size": 4}}],
+        }
+    )
+
+
+def test_suites_run_ogbench_names_and_npz_files_with_success_rates(ogbench_dir, minari_root, tmp_path):
+    write_npz(ogbench_dir / "cube-single-play-v0.npz")
+    npz = tmp_path / "data" / "cube-single-play-singletask-task2-v0.npz"
+    npz.parent.mkdir()
+    write_npz(npz)
+    suite = ogbench_suite("cube-single-play-singletask-task1-v0", str(npz))
+    out = tmp_path / "out"
+    todo, done = plan(suite, out)
+    names = sorted(job_name(job) for job in todo)
+    assert [name.split("__")[1] for name in names] == [
+        "cube-single-play-singletask-task1-v0",
+        "cube-single-play-singletask-task2-v0_npz",
+    ]
+    summary = sweep(suite, out)
+    assert sorted(summary.finished) == names and not summary.failed
+    runs = pd.read_parquet(out / "runs").sort_values("dataset")
+    assert runs["env"].tolist() == ["cube-single-singletask-task2-v0", "cube-single-singletask-task1-v0"]
+    evals = pd.read_parquet(out / "evals")
+    # a success flag per episode: 2 episodes give a rate of 0, 0.5 or 1, never NaN
+    assert evals["success_rate"].isin([0.0, 0.5, 1.0]).all()
+    assert runs["final_success_rate"].isin([0.0, 0.5, 1.0]).all()
+
+
+def test_suites_generate_offbench_ogbench_ids_on_demand(minari_root, tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(catalog, "generate", lambda identifier: asked.append(identifier) or [identifier])
+    identifier = "offbench/ogbench/cube-single-play-singletask-task3-v0"
+    todo, _ = plan(ogbench_suite(identifier), tmp_path / "out")
+    assert asked == [identifier] and [job.dataset for job in todo] == [identifier]
+
+
+def test_suite_ogbench_datasets_are_checked_before_training(ogbench_dir, minari_root, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with pytest.raises(
+        SuiteError,
+        match=r"needs the file .*cube-single-play-v0.npz.*--download.*'offbench/ogbench/cube-single-play-",
+    ):
+        plan(ogbench_suite("cube-single-play-singletask-task1-v0"), out)
+    with pytest.raises(SuiteError, match="not an OGBench singletask environment"):
+        plan(ogbench_suite("cube-single-play-singletask-task9-v0"), out)
+    with pytest.raises(SuiteError, match="does not exist"):
+        plan(ogbench_suite(str(tmp_path / "cube-single-play-singletask-task1-v0.npz")), out)
+    write_npz(tmp_path / "my-cube-data.npz")
+    with pytest.raises(SuiteError, match="must be named after the OGBench singletask dataset"):
+        plan(ogbench_suite(str(tmp_path / "my-cube-data.npz")), out)
+    same_name = [tmp_path / folder / "cube-single-play-singletask-task1-v0.npz" for folder in ("a", "b")]
+    for path in same_name:
+        path.parent.mkdir()
+        write_npz(path)
+    with pytest.raises(SuiteError, match="give the same job name.*Rename one of the files"):
+        plan(ogbench_suite(*map(str, same_name)), out)
+    assert not out.exists()
+
+    fetched = []
+
+    def fake_download(names, dataset_dir):
+        fetched.append((names, dataset_dir))
+        write_npz(Path(dataset_dir) / f"{names[0]}.npz")
+
+    monkeypatch.setattr(ogbench, "download_datasets", fake_download)
+    todo, _ = plan(ogbench_suite("cube-single-play-singletask-task4-v0"), out, download=True)
+    assert fetched == [(["cube-single-play-v0"], str(ogbench_dir))] and len(todo) == 1

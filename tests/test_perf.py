@@ -2,23 +2,247 @@
 
 from __future__ import annotations
 
+import io
 import math
 
+import jax
+import jax.numpy as jnp
+import pandas as pd
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from offbench.algorithms import get_algorithm, sampling
 from offbench.bench import perf
+from offbench.bench.cli import app
+from offbench.bench.train import init_states, seed_keys, shared_arrays
+
+TINY = {"hidden_dims": (32, 32), "batch_size": 16}
 
 
 def test_measure_reports_consistent_flops_and_rates():
     dataset = perf.random_dataset(2_000)
+    shapes = []
+
+    def stub_roofline(seeds: int, rows: int, width: int) -> float:
+        shapes.append((seeds, rows, width))
+        return 1e9
+
     m = perf.measure_algorithm(
-        "bc", dataset, num_seeds=2, chunk=10, repeats=1, hparams={"hidden_dims": (32, 32), "batch_size": 16}
+        "bc", dataset, num_seeds=2, chunk=5, repeats=1, min_seconds=0.0, hparams=TINY, roofline=stub_roofline
     )
     # Forward + backward of the MLP is about 3x the forward pass, 2*B*(in*h + h*h + h*out).
     forward = 2 * 16 * (11 * 32 + 32 * 32 + 32 * 3)
     assert 2 * forward < m.flops_per_update < 10 * forward
-    assert m.updates_per_second_per_seed > 0 and m.compile_seconds > 0
+    assert m.flops_complete
+    assert m.updates_per_second_per_seed > 0 and m.compile_seconds > 0 and m.setup_seconds > 0
+    # The roofline is asked for the vmapped hidden layer's shape: seeds x batch rows x width.
+    assert shapes == [(2, 16, 32)] and m.roofline_shape == "2x16x32"
     assert math.isclose(m.achieved_flops_per_second, m.flops_per_update * m.updates_per_second_per_seed * 2)
-    assert m.roofline_fraction > 0
+    assert math.isclose(m.roofline_fraction, m.achieved_flops_per_second / 1e9)
+    row = m.row()
+    assert row["roofline_fraction"] == m.roofline_fraction and row["algorithm"] == "bc"
+
+
+def flops_of(name: str, **hparams) -> perf.UpdateFlops:
+    algorithm = get_algorithm(name)
+    cfg = algorithm.Config(**TINY, **hparams)
+    data = sampling.prepare(perf.random_dataset(500), cfg)
+    init_keys, keys = seed_keys((0,))
+    states = init_states(algorithm, data, cfg, init_keys)
+    return perf.update_flops(algorithm, cfg, states, keys, data, shared_arrays(algorithm, data, cfg))
+
+
+def test_update_flops_average_the_delayed_actor_step():
+    # With policy_freq=2 the actor steps every other update; counting the lax.cond's costlier branch
+    # every time would give the policy_freq=1 count.
+    every_update = flops_of("td3bc", policy_freq=1).per_update
+    every_other = flops_of("td3bc", policy_freq=2).per_update
+    assert 0.5 * every_update < every_other < 0.95 * every_update
+
+
+def test_contains_loop_ignores_single_iteration_scans():
+    def scanned(x, length):
+        return jax.lax.scan(lambda h, _: (h * 2, None), x, None, length=length)[0]
+
+    x = jnp.ones(3)
+    assert not perf.contains_loop(jax.make_jaxpr(lambda x: jnp.sin(x) @ x)(x).jaxpr)
+    assert not perf.contains_loop(jax.make_jaxpr(lambda x: scanned(x, 1))(x).jaxpr)
+    assert perf.contains_loop(jax.make_jaxpr(lambda x: scanned(x, 4))(x).jaxpr)
+    looped = jax.make_jaxpr(lambda x: jax.lax.while_loop(lambda h: h.sum() < 10, lambda h: h * 2, x))
+    assert perf.contains_loop(looped(x).jaxpr)
+    # Loops nested in a jitted call or a cond's branch count too.
+    nested = jax.make_jaxpr(lambda x: jax.lax.cond(x[0] > 0, jax.jit(lambda y: scanned(y, 4)), jnp.sin, x))
+    assert perf.contains_loop(nested(x).jaxpr)
 
 
 def test_matmul_roofline_is_positive():
-    assert perf.matmul_roofline(rows=32, width=32, length=5, repeats=1) > 0
+    assert perf.matmul_roofline(seeds=2, rows=8, width=16, length=3, min_seconds=0.0, repeats=1) > 0
+
+
+def test_every_cell_is_judged_against_the_best_roofline_of_its_shape(monkeypatch):
+    ceilings = iter([1e9, 3e9, 2e9, 5e9])  # three cells of one shape, then one of another
+
+    def measure(name, dataset, num_seeds, *args, roofline, **kwargs):
+        shape = (num_seeds, 256, 256)
+        return perf.Measurement(
+            name, dataset.size, num_seeds, 10, 256, 100.0, 1.0, 1.0, 1e8, True, "x".join(map(str, shape)),
+            roofline(*shape),
+        )  # fmt: skip
+
+    monkeypatch.setattr(perf, "measure_algorithm", measure)
+    monkeypatch.setattr(perf, "matmul_roofline", lambda *shape: next(ceilings))
+    updates = perf.measure_updates(["bc", "td3bc", "iql"], [1], [1_000]).set_index("algorithm")
+    assert updates.roofline_flops_per_second.to_dict() == {"bc": 3e9, "td3bc": 3e9, "iql": 3e9}
+    assert updates.roofline_fraction["bc"] == pytest.approx(1e8 * 100.0 / 3e9)
+    single = perf.measure_updates(["bc"], [4], [1_000])
+    assert single.roofline_flops_per_second.tolist() == [5e9]
+
+
+def updates_stub() -> pd.DataFrame:
+    rows = []
+    for algorithm, rate_1, rate_16, compile_seconds in (
+        ("td3bc", 100.0, 95.0, 10.0),
+        ("prdc", 40.0, 50.0, 25.0),
+        ("bc", 300.0, 200.0, 3.0),
+    ):
+        for seeds, rate, fraction in ((1, rate_1, 0.5), (16, rate_16, 0.8)):
+            rows.append(
+                {
+                    "algorithm": algorithm,
+                    "dataset_size": 200_000,
+                    "seeds": seeds,
+                    "updates_per_second_per_seed": rate,
+                    "compile_seconds": compile_seconds,
+                    "roofline_fraction": fraction,
+                }
+            )
+    rows.append({**rows[2], "dataset_size": 1_000_000, "updates_per_second_per_seed": 10.0})  # prdc alone
+    return pd.DataFrame(rows)
+
+
+def test_cost_relative_to_td3bc():
+    updates = perf.with_td3bc_cost(updates_stub()).set_index(["algorithm", "dataset_size", "seeds"])
+    assert updates.cost_vs_td3bc["prdc", 200_000, 1] == pytest.approx(100 / 40)
+    assert updates.cost_vs_td3bc["prdc", 200_000, 16] == pytest.approx(95 / 50)
+    assert updates.cost_vs_td3bc["td3bc", 200_000, 16] == pytest.approx(1.0)
+    assert math.isnan(updates.cost_vs_td3bc["prdc", 1_000_000, 1])  # no td3bc at that size
+
+
+def test_targets_on_a_stub():
+    updates = perf.with_td3bc_cost(updates_stub())
+    evaluation = pd.DataFrame(
+        [
+            {"backend": perf.EVALUATOR_BACKEND, "overhead_fraction": 0.3},
+            {"backend": "gymnasium SyncVectorEnv", "overhead_fraction": 0.1},
+        ]
+    )
+    targets = perf.check_targets(updates, evaluation)
+    assert set(targets.target) == {t.name for t in perf.TARGETS}
+
+    def cells(target: perf.Target) -> pd.DataFrame:
+        return targets[targets.target == target.name]
+
+    roofline = cells(perf.ROOFLINE_TARGET).set_index(["algorithm", "seeds"])
+    assert set(roofline.index) == {("td3bc", 1), ("td3bc", 16), ("bc", 1), ("bc", 16)}  # prdc has no target
+    assert roofline.passed.to_dict() == {
+        ("td3bc", 1): False,
+        ("td3bc", 16): True,
+        ("bc", 1): False,
+        ("bc", 16): True,
+    }
+    prdc = cells(perf.PRDC_TARGET).set_index("seeds")
+    assert prdc.value.to_dict() == pytest.approx({1: 2.5, 16: 95 / 50})  # the 1M row is not this target's
+    assert prdc.passed.to_dict() == {1: False, 16: True}
+    scaling = cells(perf.SCALING_TARGET)
+    assert scaling.value.tolist() == pytest.approx([0.95]) and scaling.passed.tolist() == [True]
+    compile_cells = cells(perf.COMPILE_TARGET)
+    assert (
+        len(compile_cells) == len(updates) and compile_cells.passed.sum() == len(updates) - 3
+    )  # prdc's three
+    overhead = cells(perf.OVERHEAD_TARGET)
+    assert overhead.value.tolist() == [0.3] and overhead.passed.tolist() == [False]
+
+
+def test_targets_without_their_measurements_say_not_measured():
+    updates = perf.with_td3bc_cost(updates_stub().query("algorithm == 'bc'"))
+    targets = perf.check_targets(updates, None).set_index("target")
+    for target in (perf.PRDC_TARGET, perf.SCALING_TARGET, perf.OVERHEAD_TARGET):
+        assert math.isnan(targets.value[target.name]) and targets.passed[target.name] is None
+
+
+def test_render_and_write(tmp_path):
+    rows = [
+        perf.Measurement(
+            algorithm=name,
+            dataset_size=200_000,
+            seeds=1,
+            chunk=20,
+            batch_size=256,
+            updates_per_second_per_seed=rate,
+            compile_seconds=5.0,
+            setup_seconds=1.0,
+            flops_per_update=4e8,
+            flops_complete=name != "prdc",
+            roofline_shape="1x256x256",
+            roofline_flops_per_second=3e10,
+        ).row()
+        for name, rate in (("td3bc", 60.0), ("prdc", 40.0))
+    ]
+    updates = perf.with_td3bc_cost(pd.DataFrame(rows))
+    evaluation = pd.DataFrame(
+        [
+            perf.evaluation_row(perf.EVALUATOR_BACKEND, 10, 1_000, 2.0, 1.5),
+            {"backend": "envpool", "environments": 10, "status": "not measured: not installed"},
+        ]
+    )
+    datasets = pd.DataFrame(
+        [
+            perf.dataset_row("load", "offbench/hopper/medium-v0", status="not measured: not found"),
+            perf.dataset_row("generate", "offbench/hopper/medium-v0", 5_000, 2.5),
+        ]
+    )
+    tables = perf.PerfTables(
+        "cpu: test", updates, evaluation, datasets, perf.check_targets(updates, evaluation)
+    )
+    rendered = perf.render(tables)
+    assert [table.row_count for table in rendered] == [2, 2, 2, len(perf.TARGETS)]
+    console = Console(width=200, file=io.StringIO(), record=True)
+    console.print(rendered[0])
+    assert "1.50 ✓" in console.export_text()  # prdc's cost relative to td3bc, beside its target
+    assert evaluation.overhead_fraction[0] == pytest.approx(0.25)
+    paths = perf.write(tables, tmp_path / perf.device_slug(tables.device))
+    assert sorted(path.name for path in paths) == [
+        "datasets.parquet",
+        "evaluation.parquet",
+        "targets.parquet",
+        "updates.parquet",
+    ]
+    written = pd.read_parquet(tmp_path / "cpu-test" / "updates.parquet")
+    assert set(written.device) == {"cpu: test"} and "git_sha" in written
+    assert {"updates_per_second_per_seed", "flops_per_update", "roofline_fraction", "cost_vs_td3bc"} <= set(
+        written.columns
+    )
+
+
+def test_evaluation_throughput_rows():
+    evaluation = perf.evaluation_throughput(seeds=1, episodes=2)
+    assert evaluation.backend.iloc[0] == perf.EVALUATOR_BACKEND
+    assert evaluation.backend.iloc[1] == "gymnasium SyncVectorEnv"
+    assert evaluation.backend.iloc[2].startswith("envpool")
+    measured = evaluation[evaluation.status == "ok"]
+    assert (measured.environments == 2).all() and (measured.env_steps > 0).all()
+    assert ((measured.overhead_fraction > 0) & (measured.overhead_fraction < 1)).all()
+    assert (measured.stepping_only_env_steps_per_second > measured.env_steps_per_second).all()
+
+
+def test_perf_command_help_documents_full_and_quick_runs():
+    result = CliRunner().invoke(app, ["perf", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--quick" in result.output and "offbench perf --quick" in result.output
+    assert "--size 200000,1000000" in result.output
+
+
+def test_perf_command_rejects_bad_lists():
+    result = CliRunner().invoke(app, ["perf", "--seeds", "1,x"])
+    assert result.exit_code != 0 and "positive integers" in result.output

@@ -1,4 +1,4 @@
-"""PRDC: the exact nearest-neighbour search against brute force, the actor loss by hand, vmapped seeds."""
+"""PRDC: the exact nearest-neighbour search against brute force, the actor loss by hand."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from offbench.algorithms import get_algorithm, prdc, sampling
 from offbench.algorithms.config import resolve_config
-from offbench.bench.train import init_states, make_train_chunk, seed_keys, shared_arrays, state_axes
+from offbench.bench.train import shared_arrays
 
 search = jax.jit(prdc.nearest_neighbour, static_argnums=(3, 4))
 brute_force = jax.jit(prdc.brute_force_nearest)
@@ -32,13 +32,15 @@ def prdc_like(rng: np.random.Generator, keys: np.ndarray, batch: int, action_dim
     return queries.astype(np.float32), keys[rows]
 
 
-@pytest.mark.parametrize(("n", "dim", "leaf_size", "pairs_per_query"),
-                         [(1, 3, 16, 16), (7, 4, 2, 16), (300, 5, 4, 1), (3000, 6, 2, 16)])
+@pytest.mark.parametrize(
+    ("n", "dim", "leaf_size", "pairs_per_query"),
+    [(1, 3, 16, 16), (7, 4, 2, 16), (300, 5, 4, 1), (3000, 6, 2, 16)],
+)
 def test_search_equals_brute_force(n, dim, leaf_size, pairs_per_query):
     """One pair per query forces many passes and brute-forced queries; 16 is the default budget."""
     rng = np.random.default_rng(n)
     keys = rng.normal(size=(n, dim)).astype(np.float32)
-    keys[n // 2:: 5] = keys[: len(keys[n // 2:: 5])]  # exact duplicate rows at higher indices
+    keys[n // 2 :: 5] = keys[: len(keys[n // 2 :: 5])]  # exact duplicate rows at higher indices
     keys[:, -2:] = np.clip(keys[:, -2:], -1, 1)
     table = prdc.build_search_table(keys, keys[:, -2:], leaf_size)
     cases = [
@@ -175,26 +177,3 @@ def test_dataset_overrides():
     assert (antmaze.reward_scale, antmaze.reward_shift) == (10000.0, -1.0)
     hopper = resolve_config(prdc.Config, "mujoco/hopper/medium-v0", algorithm.dataset_overrides)
     assert (hopper.alpha, hopper.beta) == (2.5, 2.0)
-
-
-def test_vmapped_seed_equals_single_run(toy_dataset):
-    algorithm = get_algorithm("prdc")
-    cfg = prdc.Config(hidden_dims=(16,), batch_size=16, search_leaf_size=2)
-    data = sampling.prepare(toy_dataset(64), cfg)
-    shared = shared_arrays(algorithm, data, cfg)
-    chunk = make_train_chunk(algorithm, cfg, 12)
-
-    init_keys, keys = seed_keys((0, 7, 3))
-    states = init_states(algorithm, data, cfg, init_keys)
-    # Seed 7 alone starts from its slice of the vmapped initial states (init is per key); copies,
-    # because the chunk donates its inputs.
-    pick = lambda tree, i: jax.tree.map(  # noqa: E731
-        lambda leaf, axis: jnp.array(leaf) if axis is None else leaf[i], tree, state_axes(tree),
-        is_leaf=lambda x: x is None)
-    alone, _, _, _ = chunk(pick(states, slice(1, 2)), keys[1:2], data, shared)
-    together, _, metrics, finite = chunk(states, keys, data, shared)
-    assert np.asarray(finite).all() and np.isfinite(np.asarray(metrics["bc_loss"])).all()
-    for a, b in zip(jax.tree.leaves(pick(together, 1)), jax.tree.leaves(pick(alone, 0)), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    assert int(together.step) == 12
-

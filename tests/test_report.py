@@ -43,6 +43,7 @@ def run_row(algorithm: str, sampler: str, dataset: str, seed: int, final_return:
         dataset=dataset,
         env="Hopper-v5",
         algorithm=algorithm,
+        label=algorithm,
         sampler=sampler,
         hparams="{}",
         hparams_hash=f"{algorithm}{sampler}hash",
@@ -70,7 +71,9 @@ def eval_rows(run: dict) -> list[dict]:
         value = np.nan if diverged else target * step / STEPS[-1]
         rows.append(
             {
-                **{k: run[k] for k in ("suite", "dataset", "env", "algorithm", "sampler", "hparams")},
+                **{
+                    k: run[k] for k in ("suite", "dataset", "env", "algorithm", "label", "sampler", "hparams")
+                },
                 "hparams_hash": run["hparams_hash"],
                 "seed": run["seed"],
                 "step": step,
@@ -78,6 +81,7 @@ def eval_rows(run: dict) -> list[dict]:
                 "return_std": 1.0,
                 "episodes": 5,
                 "normalized_score": normalized(run["dataset"], value),
+                "success_rate": np.nan,
                 "wall_time_s": 1.0,
                 "status": "diverged" if diverged else "ok",
             }
@@ -359,3 +363,93 @@ def test_notebook_reads_the_parquet_and_reproduces_the_aggregate(results_dir: Pa
     runs = pd.read_parquet(results_dir / "runs")
     for algorithm in runs["algorithm"].unique():
         assert algorithm in text
+
+
+def test_labels_name_methods_and_success_rates_get_their_own_table(tmp_path: Path) -> None:
+    """Two DQC variants, told apart by their labels, on a dataset whose environment reports success (no
+    reference scores) and on one that does not."""
+    success = {"dqc": [0.2, 0.4, 0.6], "dqc-os": [0.5, 0.5, None]}  # None: a diverged seed
+    rows = []
+    for label, rates in success.items():
+        for seed, rate in enumerate(rates):
+            final_return, status = (-150.0, "ok") if rate is not None else (np.nan, "diverged")
+            common = {"label": label, "hparams_hash": f"{label}hash"}
+            rows.append(
+                run_row(
+                    "dqc",
+                    "uniform",
+                    "cube-task1",
+                    seed,
+                    final_return,
+                    status=status,
+                    final_success_rate=rate,
+                    **common,
+                )
+            )
+            rows.append(run_row("dqc", "uniform", "hopper-medium", seed, 1000.0 + seed, **common))
+    out = tmp_path / "results"
+    results.write_atomic(
+        results.to_table(pd.DataFrame(rows), results.RUNS_SCHEMA), out / "runs" / "dqc.parquet"
+    )
+    report(out, tmp_path / "report")
+    text = (tmp_path / "report" / "LEADERBOARD.md").read_text()
+    per_dataset, success_table = markdown_tables(text)[:2]
+    assert per_dataset[0] == ["Dataset", "dqc", "dqc-os"]  # labels, not "dqc@hash"
+    assert "## Per-dataset success rates" in text
+    # In percent; the diverged seed counts 0; hopper-medium has no success signal and is left out.
+    assert success_table == [
+        ["Dataset", "dqc", "dqc-os"],
+        [
+            "cube-task1",
+            expected_cell(np.array([20.0, 40.0, 60.0])),
+            expected_cell(np.array([50.0, 50.0, 0.0])),
+        ],
+    ]
+    html = (tmp_path / "report" / "leaderboard.html").read_text()
+    assert '<table id="success">' in html
+
+
+def test_no_success_table_without_a_success_signal(default_report: Path) -> None:
+    assert "success rates" not in (default_report / "LEADERBOARD.md").read_text()
+    assert 'id="success"' not in (default_report / "leaderboard.html").read_text()
+
+
+def test_results_of_schema_version_1_are_still_reported(
+    base_results: Path, default_report: Path, tmp_path: Path
+) -> None:
+    """Files written before labels and success rates existed: the method is the algorithm again."""
+    old = tmp_path / "old"
+    for table in ("runs", "evals"):
+        (old / table).mkdir(parents=True)
+        for path in (base_results / table).glob("*.parquet"):
+            frame = pd.read_parquet(path).drop(
+                columns=["label", "success_rate", "final_success_rate"], errors="ignore"
+            )
+            if table == "runs":
+                frame = frame.assign(schema_version=1)
+            frame.to_parquet(old / table / path.name)
+    shutil.copytree(base_results / "failures", old / "failures")  # records without a label, as before
+    report(old, tmp_path / "report")
+    assert (
+        markdown_tables((tmp_path / "report" / "LEADERBOARD.md").read_text())[:3]
+        == markdown_tables((default_report / "LEADERBOARD.md").read_text())[:3]
+    )
+
+
+def test_read_table_upgrades_old_files_and_keeps_every_column(tmp_path: Path) -> None:
+    version_1 = run_row("bc", "uniform", "hopper-medium", 0, 100.0, schema_version=1)
+    del version_1["label"], version_1["final_success_rate"]
+    version_2 = run_row("dqc", "uniform", "cube-task1", 0, -80.0, label="dqc-os", final_success_rate=0.25)
+    pd.DataFrame([version_1]).assign(metric_only_in_v1=1.0).to_parquet(tmp_path / "a.parquet")
+    results.write_atomic(
+        results.to_table(pd.DataFrame([version_2]), results.RUNS_SCHEMA), tmp_path / "b.parquet"
+    )
+    frame = results.read_table(tmp_path, results.RUNS_SCHEMA)
+    assert frame["label"].tolist() == ["bc", "dqc-os"]
+    assert np.isnan(frame["final_success_rate"][0]) and frame["final_success_rate"][1] == 0.25
+    assert np.isnan(frame["metric_only_in_v1"][1]) and frame["metric_only_in_v1"][0] == 1.0
+    selected = results.read_table(tmp_path, results.RUNS_SCHEMA, ["label", "final_return"])
+    assert list(selected.columns) == ["label", "final_return"] and selected["final_return"].tolist() == [
+        100.0,
+        -80.0,
+    ]

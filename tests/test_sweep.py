@@ -222,5 +222,102 @@ def test_ray_executor_writes_the_same_rows_as_local(hopper_minari, minari_root, 
     local = sweep(suite, tmp_path / "local")
     assert len(local.finished) == 1
     for table in ("evals", "runs"):
-        pd.testing.assert_frame_equal(comparable(pd.read_parquet(tmp_path / "ray" / table)),
-                                      comparable(pd.read_parquet(tmp_path / "local" / table)))
+        pd.testing.assert_frame_equal(
+            comparable(pd.read_parquet(tmp_path / "ray" / table)),
+            comparable(pd.read_parquet(tmp_path / "local" / table)),
+        )
+
+
+def test_labels_tell_entries_of_one_algorithm_apart(hopper_minari, tmp_path):
+    import tomllib
+
+    from offbench.bench.report import compute_tables, load_results
+
+    extra = """
+[[algorithms]]
+name = "td3bc"
+label = "td3bc-strong-bc"
+hparams = { hidden_dims = [16, 16], batch_size = 32, alpha = 1.0 }
+"""
+    suite = parse_suite(tomllib.loads(suite_toml(hopper_minari, steps=20, extra=extra)))
+    assert [job.label for job in suite.jobs([hopper_minari])] == [None, "td3bc-strong-bc"]
+    summary = sweep(suite, tmp_path)
+    assert len(summary.finished) == 2 and not summary.failed
+    runs = pd.read_parquet(tmp_path / "runs")
+    assert sorted(runs["label"].unique()) == ["td3bc", "td3bc-strong-bc"]
+    tables, _ = compute_tables(load_results(tmp_path), reps=100)
+    assert sorted(tables.cells["method"]) == ["td3bc", "td3bc-strong-bc"]  # no "td3bc@hash" pair
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ('name = "td3bc"\nlabel = "td3bc with bc"', "label must be a name of letters"),
+        ('name = "bc"\nlabel = "td3bc"', r"labelled 'td3bc', the method name of algorithms\[0\] \(td3bc\)"),
+    ],
+)
+def test_bad_labels_are_refused(entries, message):
+    import tomllib
+
+    with pytest.raises(SuiteError, match=message):
+        parse_suite(tomllib.loads(suite_toml("x/y-v0") + f"\n[[algorithms]]\n{entries}\n"))
+
+
+def test_two_entries_asking_for_one_job_are_refused():
+    import tomllib
+
+    from offbench.bench.sweep import check_distinct_names
+
+    # alpha = 2.5 is TD3+BC's default: both entries resolve to the same configuration, hence one file.
+    extra = """
+[[algorithms]]
+name = "td3bc"
+label = "td3bc-default-alpha"
+hparams = { hidden_dims = [16, 16], batch_size = 32, alpha = 2.5 }
+"""
+    suite = parse_suite(tomllib.loads(suite_toml("x/y-v0", extra=extra)))
+    with pytest.raises(SuiteError, match=r"ask for the same job.*'td3bc' and 'td3bc-default-alpha'"):
+        check_distinct_names(suite.jobs(["x/y-v0"]))
+
+
+def test_dqc_ablation_suite_has_one_labelled_job_per_variant_and_dataset():
+    from offbench.bench.sweep import check_distinct_names
+    from offbench.bench.train import resolve
+
+    suite = load_suite("dqc-ablation")
+    jobs = suite.jobs(suite.datasets)
+    check_distinct_names(jobs)
+    assert sorted((job.label, job.dataset) for job in jobs) == sorted(
+        (label, dataset)
+        for label in ("dqc", "dqc-qc", "dqc-os")
+        for dataset in ("offbench/ogbench/cube-single-play-singletask-task1-v0", "offbench/hopper/medium-v0")
+    )
+    horizons = {
+        job.label: (cfg.critic_horizon, cfg.action_horizon, cfg.use_chunk_critic, cfg.hidden_dims)
+        for job in jobs
+        for cfg in [resolve(job)]
+    }
+    assert horizons == {
+        "dqc": (25, 5, True, (256, 256)),
+        "dqc-qc": (25, 25, False, (256, 256)),
+        "dqc-os": (1, 1, False, (256, 256)),
+    }
+    assert suite.seeds == (0, 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "slug"),
+    [
+        ("offbench/hopper/medium-v0", "offbench_hopper_medium-v0"),
+        ("cube-single-play-singletask-task1-v0", "cube-single-play-singletask-task1-v0"),
+        (
+            "/data/ogbench/cube-single-play-singletask-task1-v0.npz",
+            "cube-single-play-singletask-task1-v0_npz",
+        ),
+        ("../d4rl/hopper-medium-v2.hdf5", "hopper-medium-v2_hdf5"),
+    ],
+)
+def test_job_names_keep_a_file_name_and_its_kind(dataset, slug):
+    from offbench.bench import results
+
+    assert results.job_name("bc", "uniform", dataset, "abc123") == f"bc-uniform__{slug}__abc123"

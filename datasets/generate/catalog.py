@@ -305,7 +305,12 @@ def available_cores() -> int:
 def mix(good: list[Episode], random: list[Episode], fraction: float, size: int, seed: int) -> list[Episode]:
     """Whole ``good`` episodes drawn with replacement until they hold ``fraction * size`` transitions,
     then whole ``random`` episodes until the total reaches ``size``. Good transitions end within one
-    good episode above ``fraction * size`` and the total within one random episode above ``size``."""
+    good episode above ``fraction * size`` and the total within one random episode above ``size``.
+
+    With replacement, as Hong et al.'s ``gen_mixed_datasets.py`` draws: since the random base holds
+    about ``size`` transitions, about a third of the random episodes appear more than once (as in the
+    published files, drawn from the 1M-transition D4RL random set), which is why a mixed set's SACo is
+    below the random set's."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"the good fraction must lie strictly between 0 and 1, got {fraction}.")
     if size <= 0:
