@@ -813,6 +813,13 @@ def load_policy(env: str, name: str = "expert", policies_dir: Path | None = None
 app = typer.Typer(help="Train and inspect offbench's SAC behaviour policies.", no_args_is_help=True)
 
 
+def _check_env_option(env: str) -> None:
+    try:
+        env_id(env)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--env") from e
+
+
 @app.command("train")
 def train_cli(
     env: Annotated[str, typer.Option(help=f"one of {', '.join(ENV_IDS)}")],
@@ -830,10 +837,7 @@ def train_cli(
     eval_episodes: int = 100,
 ) -> None:
     """Train SAC on one environment; re-running the same command resumes from the last checkpoint."""
-    try:
-        env_id(env)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--env") from e
+    _check_env_option(env)
     train(
         env,
         steps,
@@ -877,10 +881,7 @@ def evaluate_cli(
     episodes: int = 100,
 ) -> None:
     """Re-score every committed snapshot of one environment (deterministic and sampled actions)."""
-    try:
-        env_id(env)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--env") from e
+    _check_env_option(env)
     reevaluate(env, policies_dir, episodes)
 
 
