@@ -26,7 +26,14 @@ import jax.numpy as jnp
 import optax
 
 from offbench.algorithms import td3
-from offbench.algorithms.nets import MLP, CriticEnsemble, Dense, DeterministicActor, ValueNetwork
+from offbench.algorithms.nets import (
+    MLP,
+    CriticEnsemble,
+    Dense,
+    DeterministicActor,
+    ValueNetwork,
+    first_critic,
+)
 from offbench.algorithms.sampling import Batch
 from offbench.datasets.dataset import Dataset
 
@@ -151,7 +158,7 @@ def vae_loss(
     """Reconstruction of positive-advantage actions (weight vae_weight * 1[Q1(s, a) > V(s)]) + 0.5 KL."""
     _, critic, _, vae = networks(cfg, state.action_dim, state.max_action)
     reconstruction, mean, std = vae.apply(vae_params, batch.observations, batch.actions, key)
-    q1 = critic.apply(state.critic, batch.observations, batch.actions)[0]
+    q1 = first_critic(critic, state.critic, batch.observations, batch.actions)
     weight = cfg.vae_weight * (q1 > v)
     recon_loss = (weight[:, None] * (reconstruction - batch.actions) ** 2).mean()
     kl_loss = -0.5 * (1.0 + jnp.log(std**2) - mean**2 - std**2).mean()
@@ -169,14 +176,14 @@ def actor_loss(
 ) -> tuple[jax.Array, dict]:
     actor, critic, _, vae = networks(cfg, state.action_dim, state.max_action)
     pi = actor.apply(actor_params, batch.observations)
-    q1 = critic.apply(state.critic, batch.observations, pi)[0]
+    q1 = first_critic(critic, state.critic, batch.observations, pi)
     # Fresh latent noise; only the actor's parameters are differentiated, so the VAE is not trained
     # here (the official code's stray VAE gradients are zeroed before the VAE's own step).
     reconstruction, _, _ = vae.apply(state.vae, batch.observations, pi, key)
     if cfg.stop_gradient_vae_target:
         reconstruction = jax.lax.stop_gradient(reconstruction)
-    q1_data = critic.apply(state.critic, batch.observations, batch.actions)[0]
-    q1_reconstruction = critic.apply(state.critic, batch.observations, reconstruction)[0]
+    q1_data = first_critic(critic, state.critic, batch.observations, batch.actions)
+    q1_reconstruction = first_critic(critic, state.critic, batch.observations, reconstruction)
     # Advantages compared as the code does (V cancels up to rounding); ties go to the VAE action.
     use_vae = q1_reconstruction - v >= q1_data - v
     target = jnp.where(use_vae[:, None], reconstruction, batch.actions)

@@ -103,8 +103,14 @@ class TwinCritic(nn.Module):
 
     @nn.compact
     def __call__(self, observations: jax.Array, actions: jax.Array) -> jax.Array:
-        ensemble = nn.vmap(FullyConnected, variable_axes={"params": 0}, split_rngs={"params": True},
-                           in_axes=None, out_axes=0, axis_size=2)
+        ensemble = nn.vmap(
+            FullyConnected,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=2,
+        )
         inputs = jnp.concatenate([observations, actions], axis=-1)
         return ensemble(self.hidden_dims, 1)(inputs).squeeze(-1)
 
@@ -130,8 +136,9 @@ class TanhGaussianPolicy(nn.Module):
 
 
 def networks(cfg: Config, action_dim: int) -> tuple[TanhGaussianPolicy, TwinCritic]:
-    policy = TanhGaussianPolicy(cfg.hidden_dims, action_dim, cfg.policy_log_std_multiplier,
-                                cfg.policy_log_std_offset)
+    policy = TanhGaussianPolicy(
+        cfg.hidden_dims, action_dim, cfg.policy_log_std_multiplier, cfg.policy_log_std_offset
+    )
     return policy, TwinCritic(cfg.hidden_dims)
 
 
@@ -157,8 +164,15 @@ def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
     )
 
 
-def sample_actions(policy_params: dict, observations: jax.Array, key: jax.Array, cfg: Config, action_dim: int,
-                   max_action: float, num: int | None = None) -> tuple[jax.Array, jax.Array]:
+def sample_actions(
+    policy_params: dict,
+    observations: jax.Array,
+    key: jax.Array,
+    cfg: Config,
+    action_dim: int,
+    max_action: float,
+    num: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Actions ``max_action * tanh(u)``, u ~ N(mean(s), std(s)), and their log-densities.
 
     With ``num``, draws ``num`` actions per state: shapes ``[B, num, A]`` and ``[B, num]``. JaxCQL's
@@ -191,17 +205,20 @@ class CQLSamples:
 def draw_samples(state: State, batch: Batch, key: jax.Array, cfg: Config) -> CQLSamples:
     random_key, current_key, next_key = jax.random.split(key, 3)
     n, batch_size = cfg.cql_n_actions, batch.actions.shape[0]
-    current, current_log_pis = sample_actions(state.policy, batch.observations, current_key, cfg,
-                                              state.action_dim, state.max_action, n)
+    current, current_log_pis = sample_actions(
+        state.policy, batch.observations, current_key, cfg, state.action_dim, state.max_action, n
+    )
     # a' for the target and the n conservative actions at s' are independent draws from pi(s'), taken
     # from one forward pass (JaxCQL makes two passes of the same network).
-    after, after_log_pis = sample_actions(state.policy, batch.next_observations, next_key, cfg,
-                                          state.action_dim, state.max_action, n + 1)
+    after, after_log_pis = sample_actions(
+        state.policy, batch.next_observations, next_key, cfg, state.action_dim, state.max_action, n + 1
+    )
     return CQLSamples(
         next_actions=after[:, 0],
         next_log_pis=after_log_pis[:, 0],
-        random_actions=jax.random.uniform(random_key, (batch_size, n, state.action_dim),
-                                          minval=-state.max_action, maxval=state.max_action),
+        random_actions=jax.random.uniform(
+            random_key, (batch_size, n, state.action_dim), minval=-state.max_action, maxval=state.max_action
+        ),
         current_actions=current,
         current_log_pis=current_log_pis,
         next_state_actions=after[:, 1:],
@@ -209,8 +226,9 @@ def draw_samples(state: State, batch: Batch, key: jax.Array, cfg: Config) -> CQL
     )
 
 
-def conservative_term(q: jax.Array, samples: CQLSamples, action_dim: int, max_action: float,
-                      cfg: Config) -> jax.Array:
+def conservative_term(
+    q: jax.Array, samples: CQLSamples, action_dim: int, max_action: float, cfg: Config
+) -> jax.Array:
     """Per critic, ``mean_s[temp * logsumexp_k(Q(s, a_k) / temp) - Q(s, a_data)]``: shape [2].
 
     ``q`` is ``[2, B, 1 + 3n]``: the dataset action, then the random, current-policy and next-state
@@ -222,8 +240,14 @@ def conservative_term(q: jax.Array, samples: CQLSamples, action_dim: int, max_ac
     q_data, q_random, q_current, q_next = jnp.split(q, [1, 1 + n, 1 + 2 * n], axis=-1)
     if cfg.cql_importance_sample:
         log_uniform = -action_dim * math.log(2.0 * max_action)
-        candidates = jnp.concatenate([q_random - log_uniform, q_current - samples.current_log_pis,
-                                      q_next - samples.next_state_log_pis], axis=-1)
+        candidates = jnp.concatenate(
+            [
+                q_random - log_uniform,
+                q_current - samples.current_log_pis,
+                q_next - samples.next_state_log_pis,
+            ],
+            axis=-1,
+        )
     else:
         candidates = q
     soft_max = cfg.cql_temp * jax.scipy.special.logsumexp(candidates / cfg.cql_temp, axis=-1)
@@ -237,22 +261,31 @@ def critic_loss(critic_params: dict, state: State, batch: Batch, samples: CQLSam
         target_q = target_q - jnp.exp(state.log_alpha) * samples.next_log_pis
     target = jax.lax.stop_gradient(batch.rewards + cfg.discount * batch.masks * target_q)
 
-    actions = jnp.concatenate([batch.actions[:, None], samples.random_actions, samples.current_actions,
-                               samples.next_state_actions], axis=1)
-    observations = jnp.broadcast_to(batch.observations[:, None],
-                                    actions.shape[:2] + batch.observations.shape[1:])
+    actions = jnp.concatenate(
+        [batch.actions[:, None], samples.random_actions, samples.current_actions, samples.next_state_actions],
+        axis=1,
+    )
+    observations = jnp.broadcast_to(
+        batch.observations[:, None], actions.shape[:2] + batch.observations.shape[1:]
+    )
     q = critic.apply(critic_params, observations, actions)  # [2, B, 1 + 3n]
     td_loss = ((q[..., 0] - target) ** 2).mean(axis=-1)  # [2]: qf1_loss, qf2_loss before CQL
     conservative = conservative_term(q, samples, state.action_dim, state.max_action, cfg)
     loss = (td_loss + cfg.cql_min_q_weight * conservative).sum()
-    return loss, {"critic_loss": loss, "td_loss": td_loss.mean(), "cql_term": conservative.mean(),
-                  "q_mean": q[..., 0].mean(), "target_q_mean": target_q.mean()}
+    return loss, {
+        "critic_loss": loss,
+        "td_loss": td_loss.mean(),
+        "cql_term": conservative.mean(),
+        "q_mean": q[..., 0].mean(),
+        "target_q_mean": target_q.mean(),
+    }
 
 
 def policy_loss(policy_params: dict, state: State, batch: Batch, key: jax.Array, cfg: Config):
     _, critic = networks(cfg, state.action_dim)
-    actions, log_pi = sample_actions(policy_params, batch.observations, key, cfg, state.action_dim,
-                                     state.max_action)
+    actions, log_pi = sample_actions(
+        policy_params, batch.observations, key, cfg, state.action_dim, state.max_action
+    )
     q = critic.apply(state.critic, batch.observations, actions).min(axis=0)
     loss = (jnp.exp(state.log_alpha) * log_pi - q).mean()
     return loss, log_pi
@@ -269,7 +302,8 @@ def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[Sta
     policy_key, samples_key = jax.random.split(key)
 
     (actor_loss, log_pi), policy_grads = jax.value_and_grad(policy_loss, has_aux=True)(
-        state.policy, state, batch, policy_key, cfg)
+        state.policy, state, batch, policy_key, cfg
+    )
     temperature_loss, alpha_grad = jax.value_and_grad(alpha_loss)(state.log_alpha, log_pi, state.action_dim)
     samples = draw_samples(state, batch, samples_key, cfg)
     critic_grads, critic_info = jax.grad(critic_loss, has_aux=True)(state.critic, state, batch, samples, cfg)
@@ -282,14 +316,22 @@ def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[Sta
     updates, critic_opt = optax.adam(cfg.qf_lr).update(critic_grads, state.critic_opt)
     critic_params = optax.apply_updates(state.critic, updates)
     state = state.replace(
-        policy=policy_params, policy_opt=policy_opt,
-        log_alpha=log_alpha, alpha_opt=alpha_opt,
-        critic=critic_params, critic_opt=critic_opt,
+        policy=policy_params,
+        policy_opt=policy_opt,
+        log_alpha=log_alpha,
+        alpha_opt=alpha_opt,
+        critic=critic_params,
+        critic_opt=critic_opt,
         critic_target=polyak(state.critic_target, critic_params, cfg.tau),
         step=state.step + 1,
     )
-    return state, {**critic_info, "policy_loss": actor_loss, "alpha_loss": temperature_loss,
-                   "alpha": alpha, "log_pi": log_pi.mean()}
+    return state, {
+        **critic_info,
+        "policy_loss": actor_loss,
+        "alpha_loss": temperature_loss,
+        "alpha": alpha,
+        "log_pi": log_pi.mean(),
+    }
 
 
 def act(state: State, observations: jax.Array, cfg: Config) -> jax.Array:

@@ -140,6 +140,22 @@ class CriticEnsemble(nn.Module):
         ).squeeze(-1)
 
 
+ENSEMBLE_PARAMS = "VmapMLP_0"  # flax's name for CriticEnsemble's vmapped MLP, the parent of every member
+
+
+def first_critic(
+    critic: CriticEnsemble, params: dict, observations: jax.Array, actions: jax.Array
+) -> jax.Array:
+    """Member 0 of ``critic`` alone (TD3's Q1), equal to ``critic.apply(params, s, a)[0]``.
+
+    Actor losses that read only Q1 call this: the ensemble's batched program would compute (and
+    differentiate) every member and discard the others, 6-8% of a TD3+BC update's FLOPs.
+    """
+    member = jax.tree.map(lambda leaf: leaf[0], params["params"][ENSEMBLE_PARAMS])
+    mlp = MLP(critic.hidden_dims, 1, critic.activation, critic.layer_norm, critic.initialization)
+    return mlp.apply({"params": member}, jnp.concatenate([observations, actions], axis=-1)).squeeze(-1)
+
+
 class GaussianPolicy(nn.Module):
     """IQL's policy: N(tanh(mean(s)), exp(log_std)) with a state-independent, clipped log-std.
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from offbench.algorithms import td3
-from offbench.algorithms.nets import CriticEnsemble, DeterministicActor
+from offbench.algorithms.nets import CriticEnsemble, DeterministicActor, first_critic
 from offbench.algorithms.sampling import Batch, TrainingData
 from offbench.datasets.dataset import Dataset
 
@@ -202,23 +202,38 @@ def brute_force_nearest(keys: jax.Array, queries: jax.Array) -> jax.Array:
     return brute_force(keys, jnp.arange(keys.shape[0], dtype=jnp.int32), queries)[1]
 
 
-def descend(table: SearchTable, queries: jax.Array) -> tuple[jax.Array, jax.Array]:
+def first_argmin(values: jax.Array) -> jax.Array:
+    """Index of the smallest value along the last axis, the lowest among equals (as ``jnp.argmin``).
+
+    Two plain reductions: XLA's CPU backend runs argmin's paired (value, index) reduction ~6x slower
+    than a min, and the descent takes one per level.
+    """
+    best = values.min(axis=-1, keepdims=True)
+    count = values.shape[-1]
+    # A NaN row (a diverged query) gets the last index: a valid node, and the query is never searched.
+    return jnp.where(values == best, jnp.arange(count, dtype=jnp.int32), count - 1).min(axis=-1)
+
+
+def descend(table: SearchTable, queries: jax.Array, top_bounds: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(distance, index) of the best row in the leaf reached by following the lowest-bound child.
 
     A cheap first guess: in dense data it is already close, and its distance, a real row's, bounds the
     exact search far tighter than a hint. (A beam of several nodes would need top_k, which XLA's CPU
-    backend turns into a full sort here.)
+    backend turns into a full sort here.) ``top_bounds`` are the queries' bounds to the top level's boxes.
     """
-    node = jnp.argmin(box_lower_bound(queries[:, None], table.boxes[0][0]), axis=1)
+    node = first_argmin(top_bounds)
     for boxes in table.boxes[1:]:
-        node = node * boxes.shape[1] + jnp.argmin(box_lower_bound(queries[:, None], boxes[node]), axis=1)
+        node = node * boxes.shape[1] + first_argmin(box_lower_bound(queries[:, None], boxes[node]))
     return lexicographic_min(squared_distances(queries[:, None], table.rows[node]), table.index[node])
 
 
 def tree_search(
-    table: SearchTable, queries: jax.Array, bound: jax.Array, pairs: int
+    table: SearchTable, queries: jax.Array, bound: jax.Array, pairs: int, top_bounds: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(distance, index, certified) from the leaves whose boxes lie within ``bound`` of each query."""
+    """(distance, index, certified) from the leaves whose boxes lie within ``bound`` of each query.
+
+    ``top_bounds``, the queries' bounds to the top level's boxes, can be passed when computed already.
+    """
     batch = queries.shape[0]
     limit = jnp.append(bound * (1.0 + SEARCH_MARGIN), -jnp.inf)  # entry ``batch``: padding pairs
 
@@ -235,9 +250,10 @@ def tree_search(
         first_cut = jnp.min(jnp.where(ends > pairs, query, batch))
         return kept[:, 0], kept[:, 1], overflow | (jnp.arange(batch) >= first_cut)
 
-    top = table.boxes[0][0]
-    keep = box_lower_bound(queries[:, None], top) <= limit[:batch, None]
-    nodes = jnp.broadcast_to(jnp.arange(top.shape[0]), keep.shape)
+    if top_bounds is None:
+        top_bounds = box_lower_bound(queries[:, None], table.boxes[0][0])
+    keep = top_bounds <= limit[:batch, None]
+    nodes = jnp.broadcast_to(jnp.arange(keep.shape[1]), keep.shape)
     query, node, overflow = compact(keep, jnp.arange(batch), nodes, jnp.zeros(batch, bool))
     for boxes in table.boxes[1:]:
         fanout = boxes.shape[1]
@@ -269,13 +285,15 @@ def nearest_neighbour(
     -1 (a diverged seed must not make every later step brute-force the table).
     """
     batch = queries.shape[0]
-    guess, _ = descend(table, queries)
+    # Every pass compares the same queries with the same top-level boxes: computed once.
+    top_bounds = box_lower_bound(queries[:, None], table.boxes[0][0])
+    guess, _ = descend(table, queries, top_bounds)
     bound = jnp.minimum(squared_distances(queries, hints), guess)
 
     def tree_pass(carry):
         index, bound, pending, brute, passes = carry
         best, found, certified = tree_search(
-            table, queries, jnp.where(pending, bound, -jnp.inf), pairs_per_query * batch
+            table, queries, jnp.where(pending, bound, -jnp.inf), pairs_per_query * batch, top_bounds
         )
         certified = certified & pending
         # The first pending query had the whole budget to itself: if that did not certify it, brute
@@ -327,7 +345,7 @@ def actor_loss(
 ) -> tuple[jax.Array, dict]:
     actor, critic = networks(cfg, state.action_dim, state.max_action)
     pi = actor.apply(actor_params, batch.observations)
-    q1 = critic.apply(state.critic, batch.observations, pi)[0]
+    q1 = first_critic(critic, state.critic, batch.observations, pi)
     queries = search_keys(cfg, batch.observations, jax.lax.stop_gradient(pi))
     own_rows = search_keys(cfg, batch.observations, batch.actions)
     index, search_info = nearest_neighbour(

@@ -12,7 +12,7 @@ import dataclasses
 import jax
 
 from offbench.algorithms import td3
-from offbench.algorithms.nets import CriticEnsemble, DeterministicActor
+from offbench.algorithms.nets import CriticEnsemble, DeterministicActor, first_critic
 from offbench.algorithms.sampling import Batch
 from offbench.datasets.dataset import Dataset
 
@@ -39,7 +39,7 @@ def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
 def actor_loss(actor_params: dict, state: State, batch: Batch, cfg: Config) -> tuple[jax.Array, dict]:
     actor, critic = networks(cfg, state.action_dim, state.max_action)
     pi = actor.apply(actor_params, batch.observations)
-    q1 = critic.apply(state.critic, batch.observations, pi)[0]
+    q1 = first_critic(critic, state.critic, batch.observations, pi)
     bc_loss = ((pi - batch.actions) ** 2).mean()
     loss = td3.q_objective(q1, cfg.alpha) + bc_loss
     return loss, {"actor_loss": loss, "bc_loss": bc_loss}

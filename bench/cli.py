@@ -408,6 +408,13 @@ def perf(
     datasets: Annotated[
         bool, typer.Option(help="Measure loading offbench/hopper/medium-v0 and generating a small dataset.")
     ] = True,
+    prdc_data: Annotated[
+        bool,
+        typer.Option(
+            help="With PRDC: also time PRDC and TD3+BC on offbench/hopper/medium-expert-v0 (generated if "
+            "missing) after 2,000 training updates, the cells PRDC's cost target is judged on."
+        ),
+    ] = True,
     quick: Annotated[
         bool,
         typer.Option("--quick", help="Seeds 1,4, 200k transitions, shorter repeats; writes <device>-quick/."),
@@ -461,6 +468,7 @@ def perf(
         min_seconds=seconds or (0.5 if quick else 2.0),
         evaluation_seeds=5 if evaluation else None,
         generate_size=10_000 if datasets else None,
+        prdc_dataset=perf_module.PRDC_DATASET if prdc_data else None,
         log=console.print,
     )
     stdout = StdoutConsole(width=180, highlight=False)

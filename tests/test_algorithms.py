@@ -12,6 +12,7 @@ import pytest
 
 from offbench.algorithms import bc, get_algorithm, iql, td3, td3bc
 from offbench.algorithms.config import resolve_config
+from offbench.algorithms.nets import CriticEnsemble, first_critic
 from offbench.algorithms.sampling import Batch
 
 BATCH = Batch(
@@ -207,3 +208,25 @@ def test_unknown_hyper_parameter_and_algorithm_suggest_fixes():
         get_algorithm("td3_bc")
     with pytest.raises(ValueError, match="not a valid int"):
         resolve_config(td3bc.Config, "x", (), {"policy_freq": "two"})
+
+
+def test_first_critic_equals_the_ensembles_first_member_and_its_action_gradient():
+    critic = CriticEnsemble((32, 32), layer_norm=True)
+    observations = jax.random.normal(jax.random.key(0), (7, 5))
+    actions = jax.random.uniform(jax.random.key(1), (7, 2), minval=-1.0, maxval=1.0)
+    params = critic.init(jax.random.key(2), observations, actions)
+    np.testing.assert_allclose(
+        first_critic(critic, params, observations, actions),
+        critic.apply(params, observations, actions)[0],
+        rtol=1e-6,
+    )
+
+    def q1_mean(actions, q1):
+        return q1(actions).mean()
+
+    np.testing.assert_allclose(
+        jax.grad(q1_mean)(actions, lambda a: first_critic(critic, params, observations, a)),
+        jax.grad(q1_mean)(actions, lambda a: critic.apply(params, observations, a)[0]),
+        rtol=1e-5,
+        atol=1e-7,
+    )

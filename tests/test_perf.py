@@ -42,6 +42,23 @@ def test_measure_reports_consistent_flops_and_rates():
     assert math.isclose(m.roofline_fraction, m.achieved_flops_per_second / 1e9)
     row = m.row()
     assert row["roofline_fraction"] == m.roofline_fraction and row["algorithm"] == "bc"
+    assert row["dataset"] == "synthetic-2000" and row["warmup_updates"] == 0
+
+
+def test_warmup_is_whole_chunks_trained_before_the_timing():
+    dataset = perf.random_dataset(2_000)
+    m = perf.measure_algorithm(
+        "bc",
+        dataset,
+        1,
+        chunk=5,
+        repeats=1,
+        min_seconds=0.0,
+        hparams=TINY,
+        roofline=lambda *_: 1e9,
+        warmup_updates=7,
+    )
+    assert m.warmup_updates == 10
 
 
 def flops_of(name: str, **hparams) -> perf.UpdateFlops:
@@ -86,7 +103,8 @@ def test_every_cell_is_judged_against_the_best_roofline_of_its_shape(monkeypatch
     def measure(name, dataset, num_seeds, *args, roofline, **kwargs):
         shape = (num_seeds, 256, 256)
         return perf.Measurement(
-            name, dataset.size, num_seeds, 10, 256, 100.0, 1.0, 1.0, 1e8, True, "x".join(map(str, shape)),
+            name, dataset.spec.id, dataset.size, 0, num_seeds, 10, 256, 100.0, 1.0, 1.0, 1e8, True,
+            "x".join(map(str, shape)),
             roofline(*shape),
         )  # fmt: skip
 
@@ -110,23 +128,38 @@ def updates_stub() -> pd.DataFrame:
             rows.append(
                 {
                     "algorithm": algorithm,
+                    "dataset": "synthetic-200000",
                     "dataset_size": 200_000,
+                    "warmup_updates": 0,
                     "seeds": seeds,
                     "updates_per_second_per_seed": rate,
                     "compile_seconds": compile_seconds,
                     "roofline_fraction": fraction,
                 }
             )
-    rows.append({**rows[2], "dataset_size": 1_000_000, "updates_per_second_per_seed": 10.0})  # prdc alone
+    rows.append(
+        {
+            **rows[2],
+            "dataset": "synthetic-1000000",
+            "dataset_size": 1_000_000,
+            "updates_per_second_per_seed": 10.0,
+        }
+    )  # prdc alone
+    # The PRDC target's cells: real data, trained first.
+    trained = {"dataset": perf.PRDC_DATASET, "dataset_size": 202_260, "warmup_updates": 2_000, "seeds": 1}
+    rows.append({**rows[0], **trained, "updates_per_second_per_seed": 90.0})
+    rows.append({**rows[2], **trained, "updates_per_second_per_seed": 60.0})
     return pd.DataFrame(rows)
 
 
 def test_cost_relative_to_td3bc():
-    updates = perf.with_td3bc_cost(updates_stub()).set_index(["algorithm", "dataset_size", "seeds"])
-    assert updates.cost_vs_td3bc["prdc", 200_000, 1] == pytest.approx(100 / 40)
-    assert updates.cost_vs_td3bc["prdc", 200_000, 16] == pytest.approx(95 / 50)
-    assert updates.cost_vs_td3bc["td3bc", 200_000, 16] == pytest.approx(1.0)
-    assert math.isnan(updates.cost_vs_td3bc["prdc", 1_000_000, 1])  # no td3bc at that size
+    updates = perf.with_td3bc_cost(updates_stub()).set_index(["algorithm", "dataset", "seeds"])
+    assert updates.cost_vs_td3bc["prdc", "synthetic-200000", 1] == pytest.approx(100 / 40)
+    assert updates.cost_vs_td3bc["prdc", "synthetic-200000", 16] == pytest.approx(95 / 50)
+    assert updates.cost_vs_td3bc["td3bc", "synthetic-200000", 16] == pytest.approx(1.0)
+    assert math.isnan(updates.cost_vs_td3bc["prdc", "synthetic-1000000", 1])  # no td3bc at that size
+    # Compared with TD3+BC on the same data after the same training, not with the synthetic cell.
+    assert updates.cost_vs_td3bc["prdc", perf.PRDC_DATASET, 1] == pytest.approx(90 / 60)
 
 
 def test_targets_on_a_stub():
@@ -143,23 +176,23 @@ def test_targets_on_a_stub():
     def cells(target: perf.Target) -> pd.DataFrame:
         return targets[targets.target == target.name]
 
-    roofline = cells(perf.ROOFLINE_TARGET).set_index(["algorithm", "seeds"])
-    assert set(roofline.index) == {("td3bc", 1), ("td3bc", 16), ("bc", 1), ("bc", 16)}  # prdc has no target
-    assert roofline.passed.to_dict() == {
-        ("td3bc", 1): False,
-        ("td3bc", 16): True,
-        ("bc", 1): False,
-        ("bc", 16): True,
+    roofline = cells(perf.ROOFLINE_TARGET).set_index(["algorithm", "seeds", "dataset_size"])
+    assert roofline.passed.to_dict() == {  # prdc has no roofline target
+        ("td3bc", 1, 200_000): False,
+        ("td3bc", 16, 200_000): True,
+        ("bc", 1, 200_000): False,
+        ("bc", 16, 200_000): True,
+        ("td3bc", 1, 202_260): False,
     }
-    prdc = cells(perf.PRDC_TARGET).set_index("seeds")
-    assert prdc.value.to_dict() == pytest.approx({1: 2.5, 16: 95 / 50})  # the 1M row is not this target's
-    assert prdc.passed.to_dict() == {1: False, 16: True}
+    prdc = cells(perf.PRDC_TARGET)
+    # Only the trained real-data cell: the synthetic ones are reported, not judged.
+    assert prdc.value.tolist() == pytest.approx([90 / 60]) and prdc.passed.tolist() == [True]
     scaling = cells(perf.SCALING_TARGET)
     assert scaling.value.tolist() == pytest.approx([0.95]) and scaling.passed.tolist() == [True]
     compile_cells = cells(perf.COMPILE_TARGET)
     assert (
-        len(compile_cells) == len(updates) and compile_cells.passed.sum() == len(updates) - 3
-    )  # prdc's three
+        len(compile_cells) == len(updates) and compile_cells.passed.sum() == len(updates) - 4
+    )  # prdc's four
     overhead = cells(perf.OVERHEAD_TARGET)
     assert overhead.value.tolist() == [0.3] and overhead.passed.tolist() == [False]
 
@@ -175,7 +208,9 @@ def test_render_and_write(tmp_path):
     rows = [
         perf.Measurement(
             algorithm=name,
-            dataset_size=200_000,
+            dataset=perf.PRDC_DATASET,
+            dataset_size=202_260,
+            warmup_updates=2_000,
             seeds=1,
             chunk=20,
             batch_size=256,
