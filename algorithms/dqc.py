@@ -31,7 +31,8 @@ Defaults and departures:
 - The MLPs are OGBench's (Dense -> GELU -> LayerNorm, variance-scaling fan_avg uniform init, linear
   output): ``nets.MLP`` with ``MLP_STYLE``.
 - Observations follow ``normalize_observations`` (on by default, as the other locomotion baselines);
-  OGBench datasets (ids containing "ogbench") use raw observations as DQC does.
+  OGBench datasets (OGBench names, npz files, ``offbench/ogbench/...`` ids) use raw observations as DQC
+  does.
 - The BC loss masks the padded steps of a partial chunk per step (QC's form: mean over all entries of
   the masked squared error); the official DQC code instead weights a whole sample by the validity of
   its chunk's last step, which is always 1 there because its windows never cross an episode end.
@@ -53,6 +54,7 @@ from offbench.algorithms.config import BaseConfig
 from offbench.algorithms.nets import MLP, CriticEnsemble, ValueNetwork, polyak
 from offbench.algorithms.sampling import ChunkBatch
 from offbench.datasets.dataset import Dataset
+from offbench.datasets.sources import OGBENCH_DATASET_GLOBS
 
 # Evaluation samples candidate chunks: the engine passes a key to ``act``.
 ACT_NEEDS_KEY = True
@@ -107,7 +109,7 @@ class Config(BaseConfig):
 FULL_SCALE: dict[str, Any] = {"hidden_dims": (1024, 1024, 1024, 1024), "batch_size": 4096}
 
 # DQC trains on raw observations in OGBench (§4.2); locomotion keeps the base normalisation.
-DATASET_OVERRIDES = (("*ogbench*", {"normalize_observations": False}),)
+DATASET_OVERRIDES = tuple((glob, {"normalize_observations": False}) for glob in OGBENCH_DATASET_GLOBS)
 
 
 def ablation(name: str, horizon: int = 25, action_horizon: int = 5) -> dict[str, Any]:

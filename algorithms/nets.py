@@ -25,6 +25,34 @@ def _uniform(bound: float) -> Callable:
     return init
 
 
+@jax.custom_vjp
+def linear(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x @ kernel``, differentiated with explicitly transposed operands.
+
+    XLA's CPU backend runs a dot with a transposed operand much slower than the same dot after a
+    materialised transpose, and autodiff's backward pass of ``x @ W`` is made of such dots. Measured on
+    this project's 2-core CPU: ``g @ W.T`` at 256 x 256 x 256 takes 277 us, against 214 us with W.T
+    made first; through a 3-unit output layer, [256, 3] @ [3, 256], 71 us against 6 us. The
+    optimisation barrier keeps XLA from folding the transpose back into the dot.
+    """
+    return x @ kernel
+
+
+def _linear_forward(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return x @ kernel, (x, kernel)
+
+
+def _linear_backward(residuals: tuple[jax.Array, jax.Array], grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, kernel = residuals
+    grad_x = grad @ jax.lax.optimization_barrier(kernel.T)
+    rows = x.reshape(-1, x.shape[-1])
+    grad_kernel = jax.lax.optimization_barrier(rows.T) @ grad.reshape(-1, grad.shape[-1])
+    return grad_x, grad_kernel
+
+
+linear.defvjp(_linear_forward, _linear_backward)
+
+
 class Dense(nn.Module):
     """A linear layer whose initialisation can follow PyTorch or the JAX reference code.
 
@@ -51,7 +79,7 @@ class Dense(nn.Module):
             bias_init = nn.initializers.zeros
         kernel = self.param("kernel", kernel_init, (fan_in, self.features))
         bias = self.param("bias", bias_init, (self.features,))
-        return x @ kernel + bias
+        return linear(x, kernel) + bias
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {

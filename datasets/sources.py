@@ -319,8 +319,14 @@ OGBENCH_DATASET_TYPES: dict[str, tuple[str, ...]] = {
     "antsoccer": ("navigate", "stitch"),
 }
 # An OGBench dataset or environment name (both have this shape); group 1 is the family.
-OGBENCH_NAME = re.compile(
-    r"^(?:visual-)?(cube|scene|puzzle|pointmaze|antmaze|humanoidmaze|antsoccer|powderworld)-[a-z0-9\-]*v\d+$"
+OGBENCH_ENVS = ("cube", "scene", "puzzle", "pointmaze", "antmaze", "humanoidmaze", "antsoccer", "powderworld")
+OGBENCH_NAME = re.compile(rf"^(?:visual-)?({'|'.join(OGBENCH_ENVS)})-[a-z0-9\-]*v\d+$")
+# Shell-style globs (for per-dataset hyper-parameters) matching every way a suite names OGBench data:
+# OGBench names, npz files, and offbench's locally generated ``offbench/ogbench/...`` ids.
+OGBENCH_DATASET_GLOBS = (
+    "*ogbench*",
+    "*.npz",
+    *(f"{prefix}{env}-*" for prefix in ("", "visual-") for env in OGBENCH_ENVS),
 )
 OGBENCH_REQUIRED_KEYS = ("observations", "actions", "terminals", "qpos")
 

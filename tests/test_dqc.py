@@ -354,3 +354,19 @@ def test_run_job_evaluates_chunks_open_loop(hopper_minari, monkeypatch):
     assert set(shapes) == {(2, 2, 3, 3)}  # [seeds, episodes, h_a, act]: one call per 3 env steps
     assert "metric_chunk_critic_loss" in evals.columns
     assert runs["updates_per_second"].gt(0).all()
+
+
+@pytest.mark.parametrize(
+    ("dataset_id", "normalized"),
+    [
+        ("cube-single-play-singletask-task1-v0", False),  # an OGBench name
+        ("visual-antmaze-large-navigate-singletask-v0", False),
+        ("/data/cube-double-play-v0.npz", False),  # an OGBench file
+        ("offbench/ogbench/cube-single-play-singletask-task1-v0", False),  # generated locally
+        ("offbench/hopper/medium-v0", True),
+        ("mujoco/hopper/medium-v0", True),
+    ],
+)
+def test_ogbench_data_keeps_raw_observations_however_it_is_named(dataset_id, normalized):
+    cfg = resolve_config(dqc.Config, dataset_id, dqc.DATASET_OVERRIDES)
+    assert cfg.normalize_observations is normalized
