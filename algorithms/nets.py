@@ -27,13 +27,14 @@ def _uniform(bound: float) -> Callable:
 
 @jax.custom_vjp
 def linear(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``x @ kernel``, differentiated with explicitly transposed operands.
+    """``x @ kernel`` whose backward pass multiplies the gradient by a materialised ``kernel.T``.
 
-    XLA's CPU backend runs a dot with a transposed operand much slower than the same dot after a
-    materialised transpose, and autodiff's backward pass of ``x @ W`` is made of such dots. Measured on
-    this project's 2-core CPU: ``g @ W.T`` at 256 x 256 x 256 takes 277 us, against 214 us with W.T
-    made first; through a 3-unit output layer, [256, 3] @ [3, 256], 71 us against 6 us. The
-    optimisation barrier keeps XLA from folding the transpose back into the dot.
+    XLA's CPU backend runs a dot with a transposed operand much slower than the same dot after an
+    explicit transpose, and autodiff writes the input gradient ``g @ W.T`` as such a dot. Measured on
+    this project's 2-core CPU: 256 x 256 x 256, 277 us against 214 us; through a 3-unit output layer,
+    [256, 3] @ [3, 256], 71 us against 6 us. The optimisation barrier keeps XLA from folding the
+    transpose back into the dot. The kernel gradient keeps autodiff's form: a barrier there costs a
+    transpose of the activations, which outweighs its gain once seeds are vmapped.
     """
     return x @ kernel
 
@@ -45,8 +46,7 @@ def _linear_forward(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[j
 def _linear_backward(residuals: tuple[jax.Array, jax.Array], grad: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, kernel = residuals
     grad_x = grad @ jax.lax.optimization_barrier(kernel.T)
-    rows = x.reshape(-1, x.shape[-1])
-    grad_kernel = jax.lax.optimization_barrier(rows.T) @ grad.reshape(-1, grad.shape[-1])
+    grad_kernel = x.reshape(-1, x.shape[-1]).T @ grad.reshape(-1, grad.shape[-1])
     return grad_x, grad_kernel
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ import pytest
 
 from offbench.algorithms import bc, get_algorithm, iql, td3, td3bc
 from offbench.algorithms.config import resolve_config
-from offbench.algorithms.nets import CriticEnsemble, first_critic
+from offbench.algorithms.nets import CriticEnsemble, first_critic, linear
 from offbench.algorithms.sampling import Batch
 
 BATCH = Batch(
@@ -230,3 +231,18 @@ def test_first_critic_equals_the_ensembles_first_member_and_its_action_gradient(
         rtol=1e-5,
         atol=1e-7,
     )
+
+
+def test_linear_has_the_gradients_of_a_plain_matmul_with_any_leading_shape():
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (4, 6, 5))  # e.g. CQL's [batch, sampled actions, features]
+    kernel = jax.random.normal(keys[1], (5, 3))
+    weights = jax.random.normal(keys[2], (4, 6, 3))
+
+    def loss(matmul, x, kernel):
+        return (weights * matmul(x, kernel)).sum()
+
+    expected = jax.grad(partial(loss, jnp.matmul), argnums=(0, 1))(x, kernel)
+    got = jax.jit(jax.grad(partial(loss, linear), argnums=(0, 1)))(x, kernel)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
