@@ -81,7 +81,10 @@ def test_vmapped_seed_equals_single_run(toy_dataset, name):
     for a, b in zip(
         jax.tree.leaves(seed_slice(together, 1)), jax.tree.leaves(seed_slice(alone, 0)), strict=True
     ):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        # Equal up to float rounding: XLA multiplies a vmapped batch of seeds with other kernels than a
+        # single seed, and 12 Adam steps carry those last-bit differences (seen: 1.5e-6 on a 0.04
+        # weight). A seed that read another seed's key, data or parameters would differ at O(1).
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     assert int(together.step) == 12  # the update counter is shared, not per seed
 
 
