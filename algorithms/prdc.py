@@ -208,10 +208,16 @@ def first_argmin(values: jax.Array) -> jax.Array:
     Two plain reductions: XLA's CPU backend runs argmin's paired (value, index) reduction ~6x slower
     than a min, and the descent takes one per level.
     """
-    best = values.min(axis=-1, keepdims=True)
     count = values.shape[-1]
-    # A NaN row (a diverged query) gets the last index: a valid node, and the query is never searched.
-    return jnp.where(values == best, jnp.arange(count, dtype=jnp.int32), count - 1).min(axis=-1)
+    _, lowest = lexicographic_min(values, jnp.arange(count, dtype=jnp.int32))
+    # A NaN row (a diverged query) has no minimum: clipped to the last index, a valid node, and the query
+    # is never searched.
+    return jnp.minimum(lowest, count - 1)
+
+
+def top_level_bounds(table: SearchTable, queries: jax.Array) -> jax.Array:
+    """[batch, top-level nodes] lower bounds from each query to each box of the densely searched level."""
+    return box_lower_bound(queries[:, None], table.boxes[0][0])
 
 
 def descend(table: SearchTable, queries: jax.Array, top_bounds: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -228,11 +234,11 @@ def descend(table: SearchTable, queries: jax.Array, top_bounds: jax.Array) -> tu
 
 
 def tree_search(
-    table: SearchTable, queries: jax.Array, bound: jax.Array, pairs: int, top_bounds: jax.Array | None = None
+    table: SearchTable, queries: jax.Array, top_bounds: jax.Array, bound: jax.Array, pairs: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(distance, index, certified) from the leaves whose boxes lie within ``bound`` of each query.
 
-    ``top_bounds``, the queries' bounds to the top level's boxes, can be passed when computed already.
+    ``top_bounds`` are ``top_level_bounds(table, queries)``, computed once for all passes of a search.
     """
     batch = queries.shape[0]
     limit = jnp.append(bound * (1.0 + SEARCH_MARGIN), -jnp.inf)  # entry ``batch``: padding pairs
@@ -250,8 +256,6 @@ def tree_search(
         first_cut = jnp.min(jnp.where(ends > pairs, query, batch))
         return kept[:, 0], kept[:, 1], overflow | (jnp.arange(batch) >= first_cut)
 
-    if top_bounds is None:
-        top_bounds = box_lower_bound(queries[:, None], table.boxes[0][0])
     keep = top_bounds <= limit[:batch, None]
     nodes = jnp.broadcast_to(jnp.arange(keep.shape[1]), keep.shape)
     query, node, overflow = compact(keep, jnp.arange(batch), nodes, jnp.zeros(batch, bool))
@@ -286,14 +290,14 @@ def nearest_neighbour(
     """
     batch = queries.shape[0]
     # Every pass compares the same queries with the same top-level boxes: computed once.
-    top_bounds = box_lower_bound(queries[:, None], table.boxes[0][0])
+    top_bounds = top_level_bounds(table, queries)
     guess, _ = descend(table, queries, top_bounds)
     bound = jnp.minimum(squared_distances(queries, hints), guess)
 
     def tree_pass(carry):
         index, bound, pending, brute, passes = carry
         best, found, certified = tree_search(
-            table, queries, jnp.where(pending, bound, -jnp.inf), pairs_per_query * batch, top_bounds
+            table, queries, top_bounds, jnp.where(pending, bound, -jnp.inf), pairs_per_query * batch
         )
         certified = certified & pending
         # The first pending query had the whole budget to itself: if that did not certify it, brute

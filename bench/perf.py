@@ -354,6 +354,31 @@ def with_td3bc_cost(updates: pd.DataFrame) -> pd.DataFrame:
     return merged
 
 
+def measure_cells(
+    algorithms: Sequence[str],
+    dataset: Dataset,
+    seed_counts: Sequence[int],
+    where: str,
+    log: Callable[[str], Any] | None = None,
+    **measure: Any,
+) -> list[Measurement]:
+    """Every algorithm x seed count on ``dataset`` (``measure`` goes to ``measure_algorithm``). FLOPs are
+    counted once per algorithm, on the first seed count: per seed they do not depend on it."""
+    measurements = []
+    for name in algorithms:
+        flops = None
+        for num_seeds in seed_counts:
+            m = measure_algorithm(name, dataset, num_seeds, flops=flops, **measure)
+            flops = UpdateFlops(m.flops_per_update, m.flops_complete)
+            measurements.append(m)
+            if log is not None:
+                log(
+                    f"{name}, {where}, {num_seeds} seeds: "
+                    f"{m.updates_per_second_per_seed:,.1f} updates/s/seed, compile {m.compile_seconds:.1f}s"
+                )
+    return measurements
+
+
 def measure_updates(
     algorithms: Sequence[str],
     seed_counts: Sequence[int],
@@ -375,21 +400,17 @@ def measure_updates(
 
     measurements = []
     for size in dataset_sizes:
-        dataset = random_dataset(size)
-        for name in algorithms:
-            flops = None  # counted once per algorithm and size, on the first seed count
-            for num_seeds in seed_counts:
-                m = measure_algorithm(
-                    name, dataset, num_seeds, chunk, repeats, min_seconds, flops=flops, roofline=roofline
-                )
-                flops = UpdateFlops(m.flops_per_update, m.flops_complete)
-                measurements.append(m)
-                if log is not None:
-                    log(
-                        f"{name}, {size:,} transitions, {num_seeds} seeds: "
-                        f"{m.updates_per_second_per_seed:,.1f} updates/s/seed, "
-                        f"compile {m.compile_seconds:.1f}s"
-                    )
+        measurements += measure_cells(
+            algorithms,
+            random_dataset(size),
+            seed_counts,
+            f"{size:,} transitions",
+            log,
+            chunk=chunk,
+            repeats=repeats,
+            min_seconds=min_seconds,
+            roofline=roofline,
+        )
     for m in measurements:
         m.roofline_flops_per_second = ceilings[m.roofline_shape]
     rows = [m.row() for m in measurements]
@@ -413,29 +434,18 @@ def measure_in_training(
 
     if dataset_id.startswith("offbench/"):
         catalog.generate(dataset_id)  # nothing is done when it exists
-    dataset = load_dataset(dataset_id)
-    rows = []
-    for name in algorithms:
-        flops = None
-        for num_seeds in seed_counts:
-            m = measure_algorithm(
-                name,
-                dataset,
-                num_seeds,
-                chunk,
-                repeats,
-                min_seconds,
-                flops=flops,
-                warmup_updates=warmup_updates,
-            )
-            flops = UpdateFlops(m.flops_per_update, m.flops_complete)
-            rows.append(m.row())
-            if log is not None:
-                log(
-                    f"{name}, {dataset_id} after {m.warmup_updates:,} updates, {num_seeds} seeds: "
-                    f"{m.updates_per_second_per_seed:,.1f} updates/s/seed"
-                )
-    return with_td3bc_cost(pd.DataFrame(rows))
+    measurements = measure_cells(
+        algorithms,
+        load_dataset(dataset_id),
+        seed_counts,
+        f"{dataset_id} after {warmup_updates:,} updates",
+        log,
+        chunk=chunk,
+        repeats=repeats,
+        min_seconds=min_seconds,
+        warmup_updates=warmup_updates,
+    )
+    return with_td3bc_cost(pd.DataFrame([m.row() for m in measurements]))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -64,7 +64,8 @@ def test_the_tree_alone_certifies_prdc_queries_and_is_then_exact():
     queries, hints = prdc_like(rng, keys, 256, 3, 0.1)
     bound = prdc.squared_distances(jnp.asarray(queries), jnp.asarray(hints))
     tree_search = jax.jit(partial(prdc.tree_search, pairs=256 * 16))
-    _, index, certified = tree_search(table, jnp.asarray(queries), bound)
+    top_bounds = prdc.top_level_bounds(table, jnp.asarray(queries))
+    _, index, certified = tree_search(table, jnp.asarray(queries), top_bounds, bound)
     certified = np.asarray(certified)
     assert certified.mean() > 0.9
     np.testing.assert_array_equal(np.asarray(index)[certified], numpy_nearest(keys, queries)[certified])
