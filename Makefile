@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test ci-baseline test-slow lint bench policies clean chromium
+.PHONY: install test ci-baseline test-slow lint bench bench-reference policies clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +33,21 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Trains the default suite from scratch into build/default, writes its report there, then checks the fresh
+# rows against the committed reference run results/default with the regression check's seed-noise rule.
 bench: $(STAMP)
-	$(BIN)/offbench sweep default --out results/default
-	$(BIN)/offbench report results/default
+	rm -rf build/default
+	$(BIN)/offbench sweep default --out build/default
+	$(BIN)/offbench report build/default
+	$(BIN)/offbench check --results build/default --baseline results/default/runs
+
+# Regenerates the committed reference run (after a change that alters what an algorithm computes).
+bench-reference: $(STAMP)
+	rm -rf build/default-reference
+	$(BIN)/offbench sweep default --out build/default-reference
+	$(BIN)/offbench report build/default-reference
+	rm -rf build/default-reference/policies
+	rm -rf results/default && mv build/default-reference results/default
 
 # The leaderboard HTML test renders the page in headless Chromium (Debian's package); without root or
 # apt the test is skipped with its reason.

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from offbench.algorithms import td3
+from offbench.algorithms.config import bounded
 from offbench.algorithms.nets import (
     MLP,
     CriticEnsemble,
@@ -40,15 +41,15 @@ from offbench.datasets.dataset import Dataset
 
 @dataclasses.dataclass(frozen=True)
 class Config(td3.Config):
-    actor_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256, 256)
-    value_hidden_dims: tuple[int, ...] = (256, 256, 256, 256)
-    vae_hidden_dims: tuple[int, ...] = (750, 750)
-    value_lr: float = 3e-4  # hard-coded in the official code
-    vae_lr: float = 1e-3  # the official code's Adam() default
+    actor_hidden_dims: tuple[int, ...] = bounded((256, 256, 256), ge=1)
+    critic_hidden_dims: tuple[int, ...] = bounded((256, 256, 256, 256), ge=1)
+    value_hidden_dims: tuple[int, ...] = bounded((256, 256, 256, 256), ge=1)
+    vae_hidden_dims: tuple[int, ...] = bounded((750, 750), ge=1)
+    value_lr: float = bounded(3e-4, gt=0.0)  # hard-coded in the official code
+    vae_lr: float = bounded(1e-3, gt=0.0)  # the official code's Adam() default
     # Weight of the BC term where it is on: 0.5 is the code's default, the README runs use 0.4-1.5.
-    mask: float = 0.5
-    vae_weight: float = 1.0
+    mask: float = bounded(0.5, ge=0.0)
+    vae_weight: float = bounded(1.0, ge=0.0)
     # The official code lets the actor's gradient flow through the VAE target VAE(s, pi(s)) into pi;
     # the paper's equations treat the target as a constant. True gives the paper's variant.
     stop_gradient_vae_target: bool = False

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from offbench.algorithms.config import BaseConfig
+from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import DeterministicActor
 from offbench.algorithms.sampling import Batch
 from offbench.datasets.dataset import Dataset
@@ -21,8 +21,8 @@ from offbench.datasets.dataset import Dataset
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    hidden_dims: tuple[int, ...] = (256, 256)
-    actor_lr: float = 3e-4
+    hidden_dims: tuple[int, ...] = bounded((256, 256), ge=1)
+    actor_lr: float = bounded(3e-4, gt=0.0)
 
 
 @flax.struct.dataclass

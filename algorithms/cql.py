@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from offbench.algorithms.config import BaseConfig
+from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import polyak, sample_tanh_gaussian
 from offbench.algorithms.sampling import Batch
 from offbench.datasets.dataset import Dataset
@@ -35,23 +35,24 @@ from offbench.datasets.dataset import Dataset
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
     # policy_arch = qf_arch = '256-256' (conservative_sac_main flags).
-    hidden_dims: tuple[int, ...] = (256, 256)
-    policy_lr: float = 3e-4  # also the temperature's learning rate, as in JaxCQL
-    qf_lr: float = 3e-4
-    tau: float = 0.005  # soft_target_update_rate
+    hidden_dims: tuple[int, ...] = bounded((256, 256), ge=1)
+    policy_lr: float = bounded(3e-4, gt=0.0)  # also the temperature's learning rate, as in JaxCQL
+    qf_lr: float = bounded(3e-4, gt=0.0)
+    tau: float = bounded(0.005, gt=0.0, le=1.0)  # soft_target_update_rate
     # JaxCQL's library default is 5.0; the paper's launcher overrides it (--cql.cql_min_q_weight=10.0).
-    cql_min_q_weight: float = 10.0
-    cql_n_actions: int = 10
-    cql_temp: float = 1.0
+    cql_min_q_weight: float = bounded(10.0, ge=0.0)
+    cql_n_actions: int = bounded(10, ge=1)
+    cql_temp: float = bounded(1.0, gt=0.0)  # divides the Q-values in the logsumexp
     cql_importance_sample: bool = True
     # JaxCQL default: the TD target carries no -alpha * log pi(a'|s') term.
     backup_entropy: bool = False
     # The policy's log-std is ``multiplier * raw + offset``, both trainable scalars starting here
     # (policy_log_std_multiplier / policy_log_std_offset flags): the initial std is about e^-1.
-    policy_log_std_multiplier: float = 1.0
-    policy_log_std_offset: float = -1.0
-    # conservative_sac_main clips dataset actions to ±0.999 (clip_action flag) before training.
-    clip_action: float = 0.999
+    policy_log_std_multiplier: float = bounded(1.0)
+    policy_log_std_offset: float = bounded(-1.0)
+    # conservative_sac_main clips dataset actions to ±0.999 (clip_action flag) before training; a
+    # fraction of max_action, so 1 clips nothing.
+    clip_action: float = bounded(0.999, gt=0.0, le=1.0)
     # JaxCQL feeds raw observations (no state normalisation) and raw rewards (reward_scale 1,
     # reward_bias 0; the harness's reward_norm only fills an unused ``normalized_rewards`` field).
     normalize_observations: bool = False

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from offbench.algorithms.config import BaseConfig
+from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import MLP, CriticEnsemble, ValueNetwork, polyak
 from offbench.algorithms.sampling import ChunkBatch
 from offbench.datasets.dataset import Dataset
@@ -67,24 +67,23 @@ DISTILLATIONS = ("expectile", "quantile")
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
     # CPU size; FULL_SCALE holds the paper's 4 x 1024 networks and batch 4096.
-    hidden_dims: tuple[int, ...] = (256, 256, 256, 256)
-    lr: float = 3e-4
-    critic_horizon: int = 25  # H: the chunk critic's window, and the backup length
-    action_horizon: int = 5  # h_a: the policy's chunk, executed open-loop
+    hidden_dims: tuple[int, ...] = bounded((256, 256, 256, 256), ge=1)
+    lr: float = bounded(3e-4, gt=0.0)
+    critic_horizon: int = bounded(25, ge=1)  # H: the chunk critic's window, and the backup length
+    action_horizon: int = bounded(5, ge=1)  # h_a: the policy's chunk, executed open-loop
     use_chunk_critic: bool = True  # False: QC / QC-NS / NS / OS (no Q_H; Q_h trained on y)
-    num_critics: int = 2
-    kappa_b: float = 0.9  # implicit value backup: upper quantile / expectile
-    kappa_d: float = 0.8  # distillation expectile (0.5 for the ablations: symmetric)
+    num_critics: int = bounded(2, ge=1)
+    kappa_b: float = bounded(0.9, gt=0.0, lt=1.0)  # implicit value backup: upper quantile / expectile
+    kappa_d: float = bounded(0.8, gt=0.0, lt=1.0)  # distillation expectile (0.5 for the ablations: symmetric)
     implicit_backup: str = "quantile"
     distill_method: str = "expectile"
     q_agg: str = "min"  # ensemble aggregation for the value target and the best-of-N score
-    num_samples: int = 32  # best-of-N
-    flow_steps: int = 10
-    tau: float = 0.005  # target distilled critic only
+    num_samples: int = bounded(32, ge=1)  # best-of-N
+    flow_steps: int = bounded(10, ge=1)
+    tau: float = bounded(0.005, gt=0.0, le=1.0)  # target distilled critic only
 
     def __post_init__(self) -> None:
-        if self.action_horizon < 1:
-            raise ValueError(f"action_horizon (h_a) must be at least 1, got {self.action_horizon}.")
+        # Ranges are checked by resolve_config; these are the checks that involve several fields or names.
         if self.critic_horizon < self.action_horizon:
             raise ValueError(
                 f"critic_horizon H={self.critic_horizon} is shorter than action_horizon "
@@ -97,12 +96,6 @@ class Config(BaseConfig):
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
-        for name in ("kappa_b", "kappa_d"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)!r}.")
-        for name in ("num_critics", "num_samples", "flow_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
 
 
 # The paper's network and batch size (§4.5), for GPU runs: pass as hyper-parameter overrides.

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from offbench.algorithms.config import BaseConfig, RewardNormalization
+from offbench.algorithms.config import BaseConfig, RewardNormalization, bounded
 from offbench.algorithms.nets import CriticEnsemble, GaussianPolicy, ValueNetwork, gaussian_log_prob, polyak
 from offbench.algorithms.sampling import Batch
 from offbench.datasets.dataset import Dataset
@@ -24,14 +24,14 @@ from offbench.datasets.dataset import Dataset
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    hidden_dims: tuple[int, ...] = (256, 256)
-    actor_lr: float = 3e-4
-    value_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    expectile: float = 0.7
-    temperature: float = 3.0
-    max_advantage_weight: float = 100.0
-    tau: float = 0.005
+    hidden_dims: tuple[int, ...] = bounded((256, 256), ge=1)
+    actor_lr: float = bounded(3e-4, gt=0.0)
+    value_lr: float = bounded(3e-4, gt=0.0)
+    critic_lr: float = bounded(3e-4, gt=0.0)
+    expectile: float = bounded(0.7, gt=0.0, lt=1.0)  # 0.5 is plain regression
+    temperature: float = bounded(3.0, ge=0.0)  # 0: every advantage weighs 1, plain BC
+    max_advantage_weight: float = bounded(100.0, gt=0.0)
+    tau: float = bounded(0.005, gt=0.0, le=1.0)
     cosine_actor_lr: bool = True
     reward_normalization: RewardNormalization = "return_range"
     reward_scale: float = 1000.0

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from offbench.algorithms import td3
+from offbench.algorithms.config import bounded
 from offbench.algorithms.nets import CriticEnsemble, DeterministicActor, first_critic
 from offbench.algorithms.sampling import Batch, TrainingData
 from offbench.datasets.dataset import Dataset
@@ -25,15 +26,16 @@ from offbench.datasets.dataset import Dataset
 
 @dataclasses.dataclass(frozen=True)
 class Config(td3.Config):
-    hidden_dims: tuple[int, ...] = (256, 256)
-    # The README's value for every Gym task; the official config file's default is 1.0.
-    beta: float = 2.0
+    hidden_dims: tuple[int, ...] = bounded((256, 256), ge=1)
+    # The README's value for every Gym task; the official config file's default is 1.0. 0 searches on
+    # actions alone.
+    beta: float = bounded(2.0, ge=0.0)
     # Search budget: these change the speed of the exact search, never its result. Rows per k-d tree
     # leaf; (query, tree node) pairs kept per level, per query on average over the batch; queries
     # brute-forced per pass over the table when the tree cannot certify them.
-    search_leaf_size: int = 16
-    search_pairs_per_query: int = 16
-    search_fallback_queries: int = 8
+    search_leaf_size: int = bounded(16, ge=1)
+    search_pairs_per_query: int = bounded(16, ge=1)
+    search_fallback_queries: int = bounded(8, ge=1)
 
 
 # README settings (only k = 1 is implemented, the official default). The AntMaze reward is

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from offbench.algorithms.config import BaseConfig
+from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import polyak
 from offbench.algorithms.sampling import Batch
 from offbench.datasets.dataset import DatasetSpec
@@ -26,13 +26,13 @@ from offbench.datasets.dataset import DatasetSpec
 
 @dataclasses.dataclass(frozen=True)
 class Config(BaseConfig):
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    alpha: float = 2.5  # TD3+BC's lambda = alpha / mean|Q1(s, pi(s))|
-    policy_noise: float = 0.2  # target-policy smoothing, times max_action
-    noise_clip: float = 0.5  # times max_action
-    policy_freq: int = 2  # critic steps per actor (and target) step
-    tau: float = 0.005
+    actor_lr: float = bounded(3e-4, gt=0.0)
+    critic_lr: float = bounded(3e-4, gt=0.0)
+    alpha: float = bounded(2.5, ge=0.0)  # TD3+BC's lambda = alpha / mean|Q1(s, pi(s))|; 0 is pure BC
+    policy_noise: float = bounded(0.2, ge=0.0)  # target-policy smoothing, times max_action
+    noise_clip: float = bounded(0.5, ge=0.0)  # times max_action
+    policy_freq: int = bounded(2, ge=1)  # critic steps per actor (and target) step
+    tau: float = bounded(0.005, gt=0.0, le=1.0)
 
 
 @flax.struct.dataclass

@@ -12,6 +12,7 @@ import dataclasses
 import jax
 
 from offbench.algorithms import td3
+from offbench.algorithms.config import bounded
 from offbench.algorithms.nets import CriticEnsemble, DeterministicActor, first_critic
 from offbench.algorithms.sampling import Batch
 from offbench.datasets.dataset import Dataset
@@ -19,7 +20,7 @@ from offbench.datasets.dataset import Dataset
 
 @dataclasses.dataclass(frozen=True)
 class Config(td3.Config):
-    hidden_dims: tuple[int, ...] = (256, 256)
+    hidden_dims: tuple[int, ...] = bounded((256, 256), ge=1)
 
 
 State = td3.State  # the actor, the twin critics, their targets and Adam states

@@ -40,6 +40,12 @@ rel_tol = 0.02 (2% of the baseline mean). Why these choices:
   alarms; lower ``alpha`` for large suites.
 
 Pairs present in the results but not in the baseline are reported as ``new`` and do not fail.
+
+Only runs of the same budget are compared: a pair whose updates, evaluation episodes, evaluation interval
+or final rule (``final_k``) differ from the baseline's is refused (:class:`CheckError`), since a score
+after 2,000 updates says nothing about one after 20,000. The code versions and dataset fingerprints of
+both sides are reported (:func:`provenance_notes`): a baseline made by other code, or on other data, is
+said to be so.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,6 +62,13 @@ from scipy import stats as scipy_stats
 
 PAIR = ["label", "sampler", "dataset"]
 COLUMNS = ["algorithm", "sampler", "dataset", "hparams_hash", "seed", "final_score", "final_return", "status"]
+# The budget a score depends on; columns a baseline of an older schema lacks are not compared.
+BUDGET = {
+    "steps": "updates",
+    "eval_every": "eval_every",
+    "eval_episodes": "evaluation episodes",
+    "final_k": "final_k",
+}
 ALPHA = 0.05
 ABS_TOL = 1.0
 REL_TOL = 0.02
@@ -106,8 +120,10 @@ def read_runs(path: Path, what: str) -> pd.DataFrame:
         raise CheckError(f"{what} {path} does not exist.")
     if path.is_dir() and not any(path.glob("*.parquet")):
         raise CheckError(f"{what} {path} holds no parquet files.")
+    from offbench.bench import results
+
     try:
-        frame = pd.read_parquet(path)
+        frame = results.upgrade(pd.read_parquet(path), results.RUNS_SCHEMA)
     except (OSError, ValueError) as error:
         raise CheckError(f"cannot read {what} {path}: {error}") from error
     missing = [column for column in COLUMNS if column not in frame.columns]
@@ -128,6 +144,75 @@ def read_results_runs(results_dir: Path) -> pd.DataFrame:
     if not results_dir.is_dir():
         raise CheckError(f"results directory {results_dir} does not exist.")
     return read_runs(results_dir / "runs", "results runs directory")
+
+
+def budget(frame: pd.DataFrame) -> dict[str, Any]:
+    """A pair's budget columns present in ``frame`` (an older baseline lacks some), one value each."""
+    return {
+        column: frame[column].dropna().unique().tolist()
+        for column in BUDGET
+        if column in frame.columns and frame[column].notna().any()
+    }
+
+
+def check_budgets(current: pd.DataFrame, baseline: pd.DataFrame) -> None:
+    """Refuse pairs whose budget differs between the results and the baseline."""
+    mismatches = []
+    for pair, rows in current.groupby(PAIR):
+        base = baseline[(baseline[PAIR] == pd.Series(pair, index=PAIR)).all(axis=1)]
+        if base.empty:
+            continue
+        ours, theirs = budget(rows), budget(base)
+        differing = [
+            f"{BUDGET[column]} {ours[column]} vs {theirs[column]}"
+            for column in ours.keys() & theirs.keys()
+            if sorted(ours[column]) != sorted(theirs[column])
+        ]
+        if differing:
+            mismatches.append(f"{'/'.join(pair)} ({', '.join(differing)})")
+    if mismatches:
+        more = f" and {len(mismatches) - 3} more" if len(mismatches) > 3 else ""
+        raise CheckError(
+            "the results and the baseline were run with different budgets: "
+            f"{'; '.join(mismatches[:3])}{more}. A check compares runs of the same budget: "
+            "use a baseline of the same suite."
+        )
+
+
+def provenance_notes(current: pd.DataFrame, baseline: pd.DataFrame) -> list[str]:
+    """Lines saying which code wrote each side, and where the datasets' contents differ."""
+
+    def versions(frame: pd.DataFrame) -> list[str]:
+        if "code_version" not in frame.columns or frame["code_version"].isna().all():
+            shas = frame["git_sha"].dropna().str[:12].unique().tolist() if "git_sha" in frame.columns else []
+            return [f"{sha} (no dirty flag recorded)" for sha in shas] or ["unknown"]
+        return sorted(frame["code_version"].dropna().unique())
+
+    ours, theirs = versions(current), versions(baseline)
+    notes = []
+    if ours == theirs:
+        notes.append(f"code: the results and the baseline were written by the same code ({', '.join(ours)}).")
+    else:
+        notes.append(
+            f"code: the baseline was written by other code ({', '.join(theirs)}) than the results "
+            f"({', '.join(ours)}); a difference beyond seed noise means the code changed what it computes."
+        )
+    if "dataset_fingerprint" in current.columns and "dataset_fingerprint" in baseline.columns:
+        both = (
+            current.groupby("dataset")["dataset_fingerprint"]
+            .first()
+            .to_frame("ours")
+            .join(baseline.groupby("dataset")["dataset_fingerprint"].first().to_frame("theirs"), how="inner")
+        )
+        known = both.dropna()
+        differ = known.index[known["ours"] != known["theirs"]].tolist()
+        if differ:
+            notes.append(f"data: the contents of {', '.join(differ)} differ from the baseline's.")
+        elif len(known):
+            notes.append(
+                f"data: every dataset has the baseline's contents ({len(known)} compared by fingerprint)."
+            )
+    return notes
 
 
 def allowed_drop(
@@ -219,6 +304,7 @@ def compare(
     if abs_tol < 0 or rel_tol < 0:
         raise CheckError(f"tolerances must be non-negative, got abs_tol={abs_tol}, rel_tol={rel_tol}.")
     current, baseline = with_labels(current), with_labels(baseline)
+    check_budgets(current, baseline)
     baseline_pairs = sorted(baseline.groupby(PAIR).groups)
     new_pairs = sorted(set(current.groupby(PAIR).groups) - set(baseline_pairs))
 

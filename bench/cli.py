@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -58,8 +59,40 @@ def parse_hparams(items: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    # The message is plain text that may quote TOML ("[[algorithms]]"), not rich markup. Soft wrapping
+    # keeps it on one line whatever the terminal's width, for logs and grep.
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+CODE_CHANGE_HELP = (
+    "What to do with finished jobs in the output directory written by other code: refuse (stop and say "
+    "so), rerun (redo them; their old rows move to superseded/) or keep (leave them beside the new rows)."
+)
+
+
+def progress_columns(*fields: str) -> list:
+    return [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        *(TextColumn(f"{{task.fields[{name}]}}") for name in fields),
+    ]
+
+
+def interrupted(out: Path, names: list[str], command: str) -> None:
+    """Ctrl-C: say what is on disk and how to carry on, then exit 130."""
+    kept = [name for name in names if (out / "runs" / f"{name}.parquet").exists()]
+    resumable = [name for name in names if (out / "checkpoints" / name / "progress.json").exists()]
+    console.print(
+        f"interrupted: {len(kept)} finished job(s) in {out}, {len(resumable)} with a checkpoint to resume; "
+        f"no partial rows were written. Resume with: {command}",
+        highlight=False,
+        markup=False,
+    )
+    raise typer.Exit(code=130)
 
 
 @app.command()
@@ -76,11 +109,26 @@ def run(
         str, typer.Option(help="Seeds trained together (vmapped): '0-4', '0,2,5' or '3'.")
     ] = "0-2",
     steps: Annotated[int, typer.Option(help="Gradient updates per seed.")] = 10_000,
-    eval_every: Annotated[int, typer.Option(help="Updates between evaluations.")] = 2_000,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Updates between evaluations (default 2000, or --steps if fewer).")
+    ] = None,
     eval_episodes: Annotated[int, typer.Option(help="Episodes per seed at each evaluation.")] = 10,
-    final_k: Annotated[int, typer.Option(help="Final score = mean of the last k evaluations.")] = 3,
-    out: Annotated[Path, typer.Option(help="Output directory for evals/ and runs/ parquet files.")] = Path(
-        "runs"
+    final_k: Annotated[
+        int | None,
+        typer.Option(help="Final score = mean of the last k evaluations (default 3, or all if fewer)."),
+    ] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(
+            help="Batch sampler: uniform, rw (return-weighted), aw (advantage-weighted) or topk (best "
+            "trajectories); default: the algorithm's (uniform)."
+        ),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="Method name in the results (default: the algorithm's name).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Results directory (evals/, runs/, metrics/, policies/).")] = Path(
+        "results/adhoc"
     ),
     hparam: Annotated[
         list[str], typer.Option("--hparam", "-p", help="Override a hyper-parameter: name=value (repeatable).")
@@ -89,18 +137,39 @@ def run(
     download: Annotated[
         bool, typer.Option(help="Download a missing Minari or OGBench dataset (needs internet).")
     ] = False,
+    log_every: Annotated[int, typer.Option(help="Updates per row of the metrics table.")] = 100,
+    save_policy: Annotated[
+        bool, typer.Option(help="Save every seed's final policy under OUT/policies/<job>/.")
+    ] = True,
+    on_code_change: Annotated[str, typer.Option(help=CODE_CHANGE_HELP)] = "refuse",
 ) -> None:
-    """Train and evaluate one algorithm on one dataset, several seeds at once."""
+    """Train and evaluate one algorithm on one dataset, several seeds at once: a one-job sweep (same
+    job identity, checkpoints, resume and tables). Rerunning the same command skips a finished job and
+    resumes an interrupted one; a new run of the same method on the same dataset replaces the old rows
+    (moved to OUT/superseded/)."""
+    import pandas as pd
+
     from offbench.algorithms import UnknownAlgorithmError, get_algorithm
     from offbench.bench import results
-    from offbench.bench.train import Job, job_name, resolve, run_job
+    from offbench.bench.suite import LABEL, SuiteError
+    from offbench.bench.sweep import OutputError, plan_jobs, run_and_write, same_slot
+    from offbench.bench.train import Job, resolve
     from offbench.datasets.dataset import DatasetError
     from offbench.datasets.sources import load_dataset
 
     seed_values = parse_seeds(seeds)
+    overrides = parse_hparams(hparam)
+    if sampler is not None:
+        overrides = (*[item for item in overrides if item[0] != "sampler"], ("sampler", sampler))
     try:
         get_algorithm(algorithm)
+        if label is not None and not LABEL.match(label):
+            raise ValueError(f"label {label!r} must be letters, digits, '_', '.' or '-', starting with one.")
         results.check_output_dir(out)
+        if eval_every is None:
+            eval_every = min(2_000, steps) if steps > 0 else 2_000
+        if final_k is None:
+            final_k = min(3, -(-steps // eval_every)) if steps > 0 and eval_every > 0 else 3
         job = Job(
             algorithm=algorithm,
             dataset=dataset,
@@ -108,60 +177,74 @@ def run(
             steps=steps,
             eval_every=eval_every,
             eval_episodes=eval_episodes,
-            hparams=parse_hparams(hparam),
+            hparams=overrides,
             final_k=final_k,
             env_id=env,
             download=download,
+            label=label,
+            log_every=log_every,
         )
         resolve(job)  # validates the hyper-parameters before the (slower) dataset load
-        with console.status(f"loading {dataset}"):
+        with console.status(f"loading {escape(dataset)}"):
             data = load_dataset(dataset, env_id=env, download=download)
-    except (UnknownAlgorithmError, DatasetError, ValueError) as error:
+            planned = plan_jobs([job], out, same_slot(job), on_code_change, datasets={dataset: data})
+    except (UnknownAlgorithmError, DatasetError, SuiteError, ValueError) as error:
         fail(str(error))
-
-    console.print(
-        f"[bold]{algorithm}[/] on [bold]{data.spec.id}[/]: {data.size:,} transitions, "
-        f"{data.num_episodes:,} episodes, seeds {list(seed_values)}, {steps:,} updates each"
-    )
-    if not data.spec.has_reference_scores:
+    for message in planned.messages:
+        console.print(message, highlight=False, markup=False)
+    (planned_job,) = planned.todo or planned.done
+    name = planned_job.identity.name
+    if planned.done:
+        console.print(f"already finished: {name} (rows in {out}); nothing to run.", markup=False)
+    else:
         console.print(
-            "[yellow]no reference scores for this dataset: normalized_score will be null; raw "
-            "returns are recorded.[/]"
+            f"[bold]{algorithm}[/] on [bold]{escape(data.spec.id)}[/]: {data.size:,} transitions, "
+            f"{data.num_episodes:,} episodes, seeds {list(seed_values)}, {steps:,} updates each"
         )
-    columns = [
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TextColumn("{task.fields[score]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("updates", total=steps, rate="compiling…", score="")
-
-        def report(chunk) -> None:
-            score = (
-                f"score {chunk.normalized_score:.1f}"
-                if chunk.normalized_score is not None
-                else f"return {chunk.return_mean:.1f}"
+        if not data.spec.has_reference_scores:
+            console.print(
+                "[yellow]no reference scores for this dataset: normalized_score will be null; raw "
+                "returns are recorded.[/]"
             )
-            progress.update(
-                task, completed=chunk.step, score=score, rate=f"{chunk.updates_per_second:,.0f} upd/s/seed"
-            )
+        with Progress(*progress_columns("rate", "score"), console=console, transient=False) as progress:
+            task = progress.add_task("updates", total=steps, rate="compiling…", score="")
 
-        try:
-            evals, runs = run_job(job, dataset=data, on_chunk=report)
-        except ValueError as error:
-            fail(str(error))
-    name = job_name(job)
-    evals_path, runs_path = results.write_job(out, name, evals, runs)
+            def report(chunk) -> None:
+                score = (
+                    f"score {chunk.normalized_score:.1f}"
+                    if chunk.normalized_score is not None
+                    else f"return {chunk.return_mean:.1f}"
+                )
+                rate = f"{chunk.updates_per_second:,.0f} upd/s/seed"
+                progress.update(task, completed=chunk.step, score=score, rate=rate)
+
+            try:
+                run_and_write(
+                    planned_job,
+                    out,
+                    dataset=data,
+                    on_chunk=report,
+                    log=lambda line: console.print(line, markup=False),
+                    save_policy=save_policy,
+                )
+            except KeyboardInterrupt:
+                progress.stop()
+                interrupted(out, [name], "the same command")
+            except OutputError as error:
+                progress.stop()
+                console.print(f"[bold red]error:[/] {escape(str(error))}")
+                raise typer.Exit(code=1) from None
+            except ValueError as error:
+                fail(str(error))
+    runs = pd.read_parquet(out / "runs" / f"{name}.parquet")
     columns = ["seed", "final_score", "final_return", "status"]
     if runs["final_success_rate"].notna().any():  # environments that report success (OGBench)
         columns.insert(3, "final_success_rate")
-    summary = runs[columns].to_string(index=False)
-    console.print(summary)
-    print(f"evals: {evals_path}\nruns:  {runs_path}")
+    console.print(runs[columns].to_string(index=False), markup=False, highlight=False)
+    paths = [results.table_path(out, table, name) for table in results.TABLES]
+    if (out / "policies" / name).is_dir():
+        paths.append(out / "policies" / name)
+    print("\n".join(f"{path.parent.name + ':':9s}{path}" for path in paths))
 
 
 @app.command()
@@ -175,42 +258,50 @@ def sweep(
     download: Annotated[
         bool, typer.Option("--download", help="Fetch the suite's missing remote Minari ids (needs internet).")
     ] = False,
+    on_code_change: Annotated[str, typer.Option(help=CODE_CHANGE_HELP)] = "refuse",
 ) -> None:
-    """Run every job of a suite (seeds vmapped inside each job); reruns skip finished jobs."""
+    """Run every job of a suite (seeds vmapped inside each job). Reruns skip finished jobs, resume
+    interrupted ones, and rerun exactly the jobs a changed suite changed."""
     from offbench.bench.suite import SuiteError, load_suite
-    from offbench.bench.sweep import plan, run_local, run_ray
+    from offbench.bench.sweep import SweepStopped, execute, plan
 
+    if executor not in ("local", "ray"):
+        fail(f"unknown executor {executor!r}: use 'local' or 'ray'.")
     try:
         suite_spec = load_suite(suite)
         out = out or Path("results") / suite_spec.name
         with console.status("validating the suite and preparing datasets"):
-            todo, done = plan(suite_spec, out, download)
+            planned = plan(suite_spec, out, download, on_code_change)
     except (SuiteError, ValueError) as error:
         fail(str(error))
+    for message in planned.messages:
+        console.print(message, highlight=False, markup=False)
     console.print(
-        f"suite [bold]{suite_spec.name}[/]: {len(todo) + len(done)} jobs, {len(done)} already "
-        f"finished, seeds {list(suite_spec.seeds)} per job, output {out}"
+        f"suite [bold]{escape(suite_spec.name)}[/]: {len(planned.todo) + len(planned.done)} jobs, "
+        f"{len(planned.done)} already finished, seeds {list(suite_spec.seeds)} per job, "
+        f"output {escape(str(out))}"
     )
-    if executor == "ray":
-        finished, failed = run_ray(todo, out, address)
-    elif executor == "local":
-        columns = [
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[detail]}"),
-        ]
-        with Progress(*columns, console=console) as progress:
-            finished, failed = run_local(todo, out, progress)
-    else:
-        fail(f"unknown executor {executor!r}: use 'local' or 'ray'.")
-    console.print(f"finished {len(finished)} jobs, skipped {len(done)}, failed {len(failed)}")
-    for name, message in failed.items():
-        console.print(f"[red]failed[/] {name}: {message} (details in {out / 'failures' / (name + '.json')})")
+    log = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731
+    try:
+        if executor == "local":
+            with Progress(*progress_columns("detail"), console=console) as progress:
+                summary = execute(planned, out, executor, address, progress, log)
+        else:
+            summary = execute(planned, out, executor, address, None, log)
+    except KeyboardInterrupt:
+        interrupted(out, [p.identity.name for p in planned.todo], f"offbench sweep {suite} --out {out}")
+    except SweepStopped as error:
+        console.print(f"[bold red]error:[/] {escape(str(error))}")
+        raise typer.Exit(code=1) from None
+    console.print(
+        f"finished {len(summary.finished)} jobs, skipped {summary.skipped}, failed {len(summary.failed)}"
+    )
+    for name, message in summary.failed.items():
+        console.print(
+            f"failed {name}: {message} (details in {out / 'failures' / (name + '.json')})", markup=False
+        )
     print(f"results: {out}")
-    if failed:
+    if summary.failed:
         raise typer.Exit(code=1)
 
 
@@ -232,11 +323,47 @@ def report(
     from offbench.bench.report import ReportError, write_report
 
     try:
-        with console.status(f"reporting {results_dir}"):
+        with console.status(f"reporting {escape(str(results_dir))}"):
             paths = write_report(results_dir, out, reps=reps, profile_reps=profile_reps, seed=seed)
     except ReportError as error:
         fail(str(error))
     print("\n".join(str(path) for path in paths))
+
+
+@app.command()
+def evaluate(
+    policy_dir: Annotated[Path, typer.Argument(help="A saved policy: <results>/policies/<job>.")],
+    episodes: Annotated[
+        int | None, typer.Option(help="Episodes per seed (default: the job's evaluation episodes).")
+    ] = None,
+    seed: Annotated[
+        str | None, typer.Option(help="Trained seeds to evaluate: '0-2', '0,2' or '1' (default: all).")
+    ] = None,
+) -> None:
+    """Re-evaluate a saved policy. With the job's seeds and episodes it reproduces the job's last
+    evaluation exactly: same reset seeds, same policy keys, same returns."""
+    import numpy as np
+
+    from offbench.bench.policy import PolicyError, evaluate_saved, read_policy
+    from offbench.datasets.dataset import DatasetError
+
+    if episodes is not None and episodes <= 0:
+        fail(f"--episodes must be positive, got {episodes}.")
+    try:
+        saved = read_policy(policy_dir)
+        with console.status(f"evaluating {escape(saved.record['job'])}"):
+            returns = evaluate_saved(saved, episodes, None if seed is None else parse_seeds(seed))
+    except (PolicyError, DatasetError) as error:
+        fail(str(error))
+    recorded = dict(zip(saved.seeds, saved.record["last_return_mean"], strict=True))
+    count = len(next(iter(returns.values())))
+    print(f"{saved.record['job']} after {saved.step:,} updates, {count} episodes per seed")
+    print(f"{'seed':>6} {'return_mean':>12} {'return_std':>11} {'job last eval':>14}")
+    for seed_value, values in returns.items():
+        job_value = recorded[seed_value]
+        shown = "diverged" if job_value is None else f"{job_value:.4f}"
+        mean, std = (float("nan"), float("nan")) if np.isnan(values).all() else (values.mean(), values.std())
+        print(f"{seed_value:>6} {mean:>12.4f} {std:>11.4f} {shown:>14}")
 
 
 @app.command()
@@ -262,24 +389,39 @@ def check(
         if write_baseline:
             print(f"baseline: {checking.write_baseline(results, baseline)}")
             return
-        pairs = checking.compare(
-            checking.read_results_runs(results),
-            checking.read_runs(baseline, "baseline"),
-            alpha=alpha,
-            abs_tol=abs_tol,
-            rel_tol=rel_tol,
-        )
+        current, reference = checking.read_results_runs(results), checking.read_runs(baseline, "baseline")
+        pairs = checking.compare(current, reference, alpha=alpha, abs_tol=abs_tol, rel_tol=rel_tol)
+        notes = checking.provenance_notes(current, reference)
     except checking.CheckError as error:
         fail(str(error))
     # The verdict table is the command's output, so it goes to stdout (CI logs), wide enough not to wrap.
-    StdoutConsole(width=160, highlight=False).print(checking.verdict_table(pairs))
+    stdout = StdoutConsole(width=160, highlight=False)
+    stdout.print(checking.verdict_table(pairs))
+    for note in notes:
+        stdout.print(note, markup=False)
     failures = [pair for pair in pairs if pair.failed]
     for pair in failures:
-        console.print(f"[red]✗[/] {pair.explanation()}", highlight=False)
+        console.print(f"[red]✗[/] {escape(pair.explanation())}", highlight=False)
     if failures:
         console.print(f"[bold red]check failed:[/] {len(failures)} of {len(pairs)} pairs.")
         raise typer.Exit(code=1)
     console.print(f"[green]check passed:[/] {len(pairs)} pairs.")
+
+
+@app.command()
+def upgrade(
+    results_dir: Annotated[Path, typer.Argument(help="A results directory written by an older offbench.")],
+) -> None:
+    """Rewrite an older results directory in this version's table layout, in place, so that every file
+    of a table has the same columns (older evals' metric_* columns become rows of metrics/)."""
+    from offbench.bench import results
+
+    if not (results_dir / "runs").is_dir():
+        fail(f"{results_dir} has no runs/ folder: point at a results directory.")
+    written = results.upgrade_directory(results_dir)
+    print(
+        f"{len(written)} files rewritten under {results_dir}" if written else f"{results_dir} is up to date"
+    )
 
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Generate, list and inspect datasets.")
@@ -298,6 +440,15 @@ def datasets_generate(
     size: Annotated[int, typer.Option(help="Transitions per base dataset.")] = 100_000,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives identical arrays.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace datasets that already exist.")] = False,
+    missing_only: Annotated[
+        bool,
+        typer.Option(
+            "--missing-only",
+            help="Keep the datasets that already exist and generate only the missing ones, from the stored "
+            "bases, with this --size and --seed (give those the others were made with). Without it or "
+            "--overwrite, an existing dataset is refused.",
+        ),
+    ] = False,
     task: Annotated[
         list[int],
         typer.Option(
@@ -313,6 +464,8 @@ def datasets_generate(
     envs = env or list(catalog.ENVS)
     known = [*catalog.ENVS, *ogbench_play.CLI_ENVS]
     tasks = tuple(task) or (ogbench_play.DEFAULT_TASK,)
+    root = escape(str(catalog.minari_datasets_path()))
+    log = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731
     try:
         unknown = [name for name in envs if name not in known]
         if unknown:
@@ -322,28 +475,50 @@ def datasets_generate(
             )
         if task and not any(name in ogbench_play.CLI_ENVS for name in envs):
             raise DatasetError("--task labels OGBench play data: use it with --env ogbench-cube-single.")
+        if missing_only and overwrite:
+            raise DatasetError(
+                "--missing-only keeps the datasets that exist and --overwrite replaces them: pass one of the "
+                "two."
+            )
+        # What each environment is asked for: OGBench tasks, or catalog kinds.
+        wanted: dict[str, tuple] = {}
         for name in envs:  # every environment is checked (policies included) before any is generated
             if name in ogbench_play.CLI_ENVS:
-                ogbench_play.plan_generation(ogbench_play.CLI_ENVS[name], tasks, size, overwrite)
+                play_env = ogbench_play.CLI_ENVS[name]
+                present = {t for t in tasks if catalog.exists(ogbench_play.dataset_id(play_env, t))}
+                wanted[name] = tuple(t for t in tasks if not (missing_only and t in present))
+                if wanted[name]:
+                    ogbench_play.plan_generation(play_env, wanted[name], size, overwrite)
             else:
-                catalog.plan_generation(name, size=size, overwrite=overwrite)
+                wanted[name] = catalog.missing_kinds(name) if missing_only else catalog.KINDS
+                if wanted[name]:
+                    catalog.plan_generation(name, size=size, overwrite=overwrite, kinds=wanted[name])
         for name in envs:
+            if not wanted[name]:
+                console.print(f"{name}: every dataset already exists under {root}; nothing to generate.")
+                continue
             if name in ogbench_play.CLI_ENVS:
                 with console.status(f"generating {ogbench_play.NAMESPACE}{ogbench_play.CLI_ENVS[name]}-*"):
                     written = ogbench_play.generate_play(
                         ogbench_play.CLI_ENVS[name],
-                        tasks,
+                        wanted[name],
                         size=size,
                         seed=seed,
                         overwrite=overwrite,
-                        log=console.print,
+                        log=log,
                     )
             else:
                 with console.status(f"generating offbench/{name}/*"):
                     written = catalog.generate_env(
-                        name, size=size, seed=seed, overwrite=overwrite, log=console.print, quality=True
+                        name,
+                        size=size,
+                        seed=seed,
+                        overwrite=overwrite,
+                        kinds=wanted[name],
+                        log=log,
+                        quality=True,
                     )
-            console.print(f"{name}: {len(written)} datasets written under {catalog.minari_datasets_path()}")
+            console.print(f"{name}: {len(written)} datasets written under {root}")
     except (DatasetError, ValueError, FileNotFoundError) as error:
         fail(str(error))
 
@@ -353,7 +528,18 @@ def datasets_list() -> None:
     """List local Minari datasets with their size and reference scores."""
     import minari
 
-    for dataset_id, metadata in sorted(minari.list_local_datasets().items()):
+    from offbench.datasets.sources import minari_datasets_path
+
+    local = minari.list_local_datasets()
+    if not local:
+        console.print(
+            f"no datasets under {escape(str(minari_datasets_path()))} ($MINARI_DATASETS_PATH). Generate "
+            "offbench's own with `offbench datasets generate`, or fetch a Minari id with `offbench datasets "
+            "info <id> --download` (needs internet).",
+            soft_wrap=True,
+        )
+        return
+    for dataset_id, metadata in sorted(local.items()):
         refs = (
             f"refs [{metadata['ref_min_score']:.1f}, {metadata['ref_max_score']:.1f}]"
             if "ref_max_score" in metadata
@@ -368,6 +554,10 @@ def datasets_list() -> None:
 @datasets_app.command("info")
 def datasets_info(
     dataset: Annotated[str, typer.Argument(help="Minari id, OGBench singletask name, or HDF5/npz path.")],
+    env: Annotated[str | None, typer.Option(help="Evaluation env id, when the dataset names none.")] = None,
+    download: Annotated[
+        bool, typer.Option(help="Download a missing Minari or OGBench dataset (needs internet).")
+    ] = False,
 ) -> None:
     """Print a dataset's return statistics and quality metrics (TQ, SACo)."""
     from offbench.datasets.dataset import DatasetError
@@ -375,9 +565,10 @@ def datasets_info(
     from offbench.datasets.sources import load_dataset
 
     try:
-        data = load_dataset(dataset)
+        data = load_dataset(dataset, env_id=env, download=download)
     except DatasetError as error:
         fail(str(error))
+    catalog.complete_quality(dataset)  # generated data whose metrics a killed generation never wrote
     for key, value in {**data.summary(), **(catalog.read_quality(dataset) or {})}.items():
         print(f"{key:28s} {value}")
 

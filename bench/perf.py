@@ -49,7 +49,7 @@ import pyarrow as pa
 from rich.table import Table
 
 from offbench.algorithms import Algorithm, get_algorithm, sampling
-from offbench.bench import results
+from offbench.bench import provenance, results
 from offbench.bench.train import init_states, make_train_chunk, seed_keys, shared_arrays
 from offbench.datasets.dataset import Dataset, DatasetError, DatasetSpec, build_dataset
 
@@ -748,7 +748,8 @@ def write(tables: PerfTables, directory: Path) -> list[Path]:
     """One parquet file per table under ``directory``, each row stamped with the device and provenance."""
     stamp = {
         "device": tables.device,
-        "git_sha": results.provenance()["git_sha"],
+        "git_sha": provenance.code_version()["git_sha"],
+        "code_version": provenance.code_version()["code_version"],
         "jax_version": jax.__version__,
         "timestamp": pd.Timestamp.now(tz="UTC").isoformat(),
     }

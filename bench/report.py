@@ -128,16 +128,16 @@ class Results:
 
 
 def _failures(failures_dir: Path) -> pd.DataFrame:
-    """The jobs a sweep recorded as failed (``failures/<job>.json``, named by ``results.job_name``)."""
+    """The jobs a sweep recorded as failed (``failures/<job>.json``), from the job each record holds."""
     rows = []
     for path in sorted(failures_dir.glob("*.json")):
         try:
             job = json.loads(path.read_text())["job"]
             seeds = len(job["seeds"])
+            algorithm = job["algorithm"]
+            sampler = dict(job.get("hparams") or []).get("sampler", "uniform")
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ReportError(f"cannot read the failure record {path}: {error}") from error
-        # Job names are "<algorithm>-<sampler>__<dataset>__<hash>"; algorithm names have no "-".
-        algorithm, _, sampler = path.stem.split("__")[0].partition("-")
         label = job.get("label") or algorithm  # records written before labels have none
         rows.append({"algorithm": algorithm, "label": label, "sampler": sampler, "seeds": seeds})
     return pd.DataFrame(rows, columns=["algorithm", "label", "sampler", "seeds"])

@@ -1,16 +1,27 @@
 """Tidy parquet results: the schema, atomic writes and readers.
 
-``<out>/evals/<job>.parquet``: one row per (seed, evaluation step).
-``<out>/runs/<job>.parquet``: one row per seed, with the final score and provenance.
-Both are plain parquet: ``pandas.read_parquet("<out>/evals")`` reads a whole directory without
-importing offbench (it takes its columns from one file, so ``metric_*`` columns that only some jobs
-have are lost; :func:`read_table` keeps every column). Files are written under a temporary name and
-renamed, so a killed run never leaves a partial file behind.
+A results directory holds one table per folder, one parquet file per job (``<job>.parquet``):
 
-Schema versions: 1, the first; 2 adds the ``label`` key (the method's name, the algorithm's unless a
-suite entry names it), ``success_rate`` per evaluation (the fraction of episodes that succeeded, NaN
-where the environment reports no success) and ``final_success_rate`` per run (its mean over the last
-``final_k`` evaluations, like ``final_return``). :func:`read_table` reads version-1 files as version 2.
+- ``evals/``: one row per (seed, evaluation step);
+- ``runs/``: one row per seed, with the final score and the job's budget;
+- ``metrics/``: training diagnostics as a long table, one row per (seed, step, name), each value the
+  mean over the ``log_every`` updates that end at ``step``;
+- ``policies/<job>/``: every seed's final parameters, the resolved config and the observation
+  normaliser (:mod:`offbench.bench.policy`); ``failures/<job>.json``: jobs that raised;
+  ``superseded/``: rows a changed suite replaced, moved out of the tables readers load.
+
+Every file of a table has the same columns, whatever the algorithm, so ``pandas.read_parquet(dir)``,
+DuckDB's ``read_parquet('dir/*.parquet')`` and polars read a whole folder with no options. Every row
+carries its job's identity (``job``, ``job_id``) and provenance: the code version, library versions,
+device, and the dataset's size, content fingerprint and quality metrics. Each column's description is in
+the parquet field metadata (``description``) and in :data:`COLUMN_DOCS`. Files are written under a
+temporary name and renamed, so a killed run never leaves a partial file behind.
+
+Schema versions: 1, the first; 2 adds ``label``, ``success_rate`` and ``final_success_rate``; 3 adds the
+job identity, the budget columns of ``runs``, the ``metrics`` table (the ``metric_*`` columns of
+``evals`` are gone) and full provenance, and renames ``updates_per_second`` to
+``updates_per_second_per_seed`` and ``timestamp`` to ``written_at``. :func:`read_table` reads older files
+as version 3 (columns they never had are null).
 """
 
 from __future__ import annotations
@@ -22,8 +33,8 @@ import json
 import math
 import os
 import re
-import subprocess
-from functools import cache
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,60 +45,176 @@ import pyarrow.parquet as pq
 
 from offbench.datasets.dataset import DatasetSpec
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+TABLES = ("evals", "runs", "metrics")
 
-KEY_FIELDS = [
-    pa.field("suite", pa.string()),
-    pa.field("dataset", pa.string()),
-    pa.field("env", pa.string()),
-    pa.field("algorithm", pa.string()),
-    pa.field("label", pa.string()),
-    pa.field("sampler", pa.string()),
-    pa.field("hparams", pa.string()),
-    pa.field("hparams_hash", pa.string()),
-    pa.field("seed", pa.int64()),
-]
+COLUMN_DOCS: dict[str, str] = {
+    # keys
+    "suite": "Suite name (`adhoc` for `offbench run`).",
+    "job": "Job name: the file stem, `<label>-<sampler>__<dataset>__<job_id[:12]>`.",
+    "job_id": "Job identity: sha256 (16 hex) of everything that determines the rows (see README).",
+    "dataset": "Dataset id or file path.",
+    "env": "Evaluation environment id.",
+    "algorithm": "Registered algorithm name.",
+    "label": "Method name (the algorithm's unless the suite entry names one).",
+    "sampler": "Batch sampler: uniform, rw, aw or topk.",
+    "hparams": "Resolved hyper-parameters as sorted JSON.",
+    "hparams_hash": "sha256 (12 hex) of `hparams`.",
+    "seed": "Training seed.",
+    # evals
+    "step": "Updates done when the row was taken.",
+    "return_mean": "Mean undiscounted episode return over the evaluation episodes.",
+    "return_std": "Standard deviation of the episode returns (ddof 0).",
+    "episodes": "Evaluation episodes per seed.",
+    "normalized_score": (
+        "D4RL-normalised score x100: 100 (return - ref_min_score) / (ref_max_score - ref_min_score); "
+        "null without reference scores."
+    ),
+    "success_rate": "Fraction of episodes whose last step reported success; NaN without a success signal.",
+    "wall_time_s": "Seconds since the job started (compilation and evaluation included).",
+    "status": "ok, or diverged (parameters no longer finite).",
+    # runs
+    "steps": "Updates per seed (the budget).",
+    "eval_every": "Updates between evaluations.",
+    "eval_episodes": "Evaluation episodes per seed at each evaluation.",
+    "final_k": "The final score is the mean of the last `final_k` evaluations.",
+    "final_score": "Mean normalised score (x100) of the last `final_k` evaluations; null if diverged.",
+    "final_return": "Mean return of the last `final_k` evaluations; NaN if diverged.",
+    "final_success_rate": "Mean success rate of the last `final_k` evaluations.",
+    "best_score": "Best normalised score (x100) over all evaluations.",
+    "best_return": "Best evaluation return.",
+    "train_seconds": "Seconds spent in the jitted training chunks (all seeds together).",
+    "compile_seconds": "Seconds spent compiling the training chunks.",
+    "eval_seconds": "Seconds spent evaluating (all seeds together).",
+    "updates_per_second_per_seed": "Updates per second of each seed (seeds train together, vmapped).",
+    "seeds_in_job": "Seeds trained together in the job.",
+    "diverged_step": "First evaluation step at which the seed's parameters were not finite; null if never.",
+    # metrics
+    "name": "Training diagnostic name (the algorithm's update metrics, e.g. critic_loss).",
+    "value": "Mean of the diagnostic over the `log_every` updates ending at `step` (NaN-aware).",
+    # provenance
+    "dataset_fingerprint": "sha256 of the dataset's canonical arrays and evaluation spec.",
+    "dataset_transitions": "Transitions in the dataset.",
+    "dataset_episodes": "Episodes in the dataset.",
+    "dataset_tq": "Trajectory quality TQ of the dataset, where offbench stored it; null otherwise.",
+    "dataset_saco": "State-action coverage SACo of the dataset, where offbench stored it; null otherwise.",
+    "ref_min_score": "Return that normalises to 0.",
+    "ref_max_score": "Return that normalises to 100.",
+    "ref_source": "Where the reference scores come from.",
+    "code_version": "Git commit (12 hex), with +dirty.<digest> when the code had uncommitted changes.",
+    "git_sha": "Full git commit of the code; null outside a git checkout.",
+    "git_dirty": "Whether the code had uncommitted changes.",
+    "offbench_version": "offbench package version.",
+    "python_version": "Python version.",
+    "jax_version": "jax version.",
+    "jaxlib_version": "jaxlib version.",
+    "flax_version": "flax version.",
+    "optax_version": "optax version.",
+    "gymnasium_version": "gymnasium version.",
+    "mujoco_version": "mujoco version.",
+    "minari_version": "minari version.",
+    "device": "The training device, e.g. `cpu: AMD EPYC 7B13 (2 cores)` or `gpu: NVIDIA H200 x1`.",
+    "device_platform": "JAX platform: cpu, gpu or tpu.",
+    "device_model": "CPU model, or accelerator kind.",
+    "device_count": "CPU cores available to the process, or number of accelerators.",
+    "host_cpu": "Host CPU model (evaluation runs there).",
+    "host_cpu_cores": "CPU cores available to the process.",
+    "schema_version": "Results schema version of the row.",
+    "written_at": "UTC time the row was written (ISO 8601).",
+}
+
+
+def _fields(*spec: tuple[str, pa.DataType]) -> list[pa.Field]:
+    return [pa.field(name, kind, metadata={"description": COLUMN_DOCS[name]}) for name, kind in spec]
+
+
+KEY_FIELDS = _fields(
+    ("suite", pa.string()),
+    ("job", pa.string()),
+    ("job_id", pa.string()),
+    ("dataset", pa.string()),
+    ("env", pa.string()),
+    ("algorithm", pa.string()),
+    ("label", pa.string()),
+    ("sampler", pa.string()),
+    ("hparams", pa.string()),
+    ("hparams_hash", pa.string()),
+    ("seed", pa.int64()),
+)
+PROVENANCE_FIELDS = _fields(
+    ("dataset_fingerprint", pa.string()),
+    ("dataset_transitions", pa.int64()),
+    ("dataset_episodes", pa.int64()),
+    ("dataset_tq", pa.float64()),
+    ("dataset_saco", pa.float64()),
+    ("ref_min_score", pa.float64()),
+    ("ref_max_score", pa.float64()),
+    ("ref_source", pa.string()),
+    ("code_version", pa.string()),
+    ("git_sha", pa.string()),
+    ("git_dirty", pa.bool_()),
+    ("offbench_version", pa.string()),
+    ("python_version", pa.string()),
+    ("jax_version", pa.string()),
+    ("jaxlib_version", pa.string()),
+    ("flax_version", pa.string()),
+    ("optax_version", pa.string()),
+    ("gymnasium_version", pa.string()),
+    ("mujoco_version", pa.string()),
+    ("minari_version", pa.string()),
+    ("device", pa.string()),
+    ("device_platform", pa.string()),
+    ("device_model", pa.string()),
+    ("device_count", pa.int64()),
+    ("host_cpu", pa.string()),
+    ("host_cpu_cores", pa.int64()),
+    ("schema_version", pa.int64()),
+    ("written_at", pa.string()),
+)
 EVALS_SCHEMA = pa.schema(
     KEY_FIELDS
-    + [
-        pa.field("step", pa.int64()),
-        pa.field("return_mean", pa.float64()),
-        pa.field("return_std", pa.float64()),
-        pa.field("episodes", pa.int64()),
-        pa.field("normalized_score", pa.float64()),
-        pa.field("success_rate", pa.float64()),
-        pa.field("wall_time_s", pa.float64()),
-        pa.field("status", pa.string()),
-    ]
+    + _fields(
+        ("step", pa.int64()),
+        ("return_mean", pa.float64()),
+        ("return_std", pa.float64()),
+        ("episodes", pa.int64()),
+        ("normalized_score", pa.float64()),
+        ("success_rate", pa.float64()),
+        ("wall_time_s", pa.float64()),
+        ("status", pa.string()),
+    )
+    + PROVENANCE_FIELDS
 )
 RUNS_SCHEMA = pa.schema(
     KEY_FIELDS
-    + [
-        pa.field("steps", pa.int64()),
-        pa.field("final_score", pa.float64()),
-        pa.field("final_return", pa.float64()),
-        pa.field("final_success_rate", pa.float64()),
-        pa.field("best_score", pa.float64()),
-        pa.field("best_return", pa.float64()),
-        pa.field("final_k", pa.int64()),
-        pa.field("train_seconds", pa.float64()),
-        pa.field("compile_seconds", pa.float64()),
-        pa.field("eval_seconds", pa.float64()),
-        pa.field("updates_per_second", pa.float64()),
-        pa.field("seeds_in_job", pa.int64()),
-        pa.field("diverged_step", pa.int64()),
-        pa.field("status", pa.string()),
-        pa.field("ref_min_score", pa.float64()),
-        pa.field("ref_max_score", pa.float64()),
-        pa.field("ref_source", pa.string()),
-        pa.field("offbench_version", pa.string()),
-        pa.field("git_sha", pa.string()),
-        pa.field("jax_version", pa.string()),
-        pa.field("device", pa.string()),
-        pa.field("schema_version", pa.int64()),
-        pa.field("timestamp", pa.string()),
-    ]
+    + _fields(
+        ("steps", pa.int64()),
+        ("eval_every", pa.int64()),
+        ("eval_episodes", pa.int64()),
+        ("final_k", pa.int64()),
+        ("final_score", pa.float64()),
+        ("final_return", pa.float64()),
+        ("final_success_rate", pa.float64()),
+        ("best_score", pa.float64()),
+        ("best_return", pa.float64()),
+        ("train_seconds", pa.float64()),
+        ("compile_seconds", pa.float64()),
+        ("eval_seconds", pa.float64()),
+        ("updates_per_second_per_seed", pa.float64()),
+        ("seeds_in_job", pa.int64()),
+        ("diverged_step", pa.int64()),
+        ("status", pa.string()),
+    )
+    + PROVENANCE_FIELDS
 )
+METRICS_SCHEMA = pa.schema(
+    KEY_FIELDS
+    + _fields(("step", pa.int64()), ("name", pa.string()), ("value", pa.float64()))
+    + PROVENANCE_FIELDS
+)
+SCHEMAS = {"evals": EVALS_SCHEMA, "runs": RUNS_SCHEMA, "metrics": METRICS_SCHEMA}
+# Columns renamed since an older schema version: old name -> this version's.
+RENAMED = {"updates_per_second": "updates_per_second_per_seed", "timestamp": "written_at"}
 
 
 def hparams_json(cfg: Any) -> str:
@@ -112,45 +239,40 @@ def dataset_slug(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9.\-]+", "_", dataset).strip("_")
 
 
-def job_name(algorithm: str, sampler: str, dataset: str, config_hash: str) -> str:
-    return f"{algorithm}-{sampler}__{dataset_slug(dataset)}__{config_hash}"
+def job_name(label: str, sampler: str, dataset: str, job_id: str) -> str:
+    """A job's file stem: readable keys, then the identity that makes it unique."""
+    return f"{label}-{sampler}__{dataset_slug(dataset)}__{job_id[:12]}"
 
 
-@cache
-def provenance() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        offbench_version = version("offbench")
-    except PackageNotFoundError:
-        offbench_version = "unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = "unknown"
-    import jax  # here, not at the top: readers of results (the report, notebooks) need no jax
-
-    device = jax.devices()[0]
-    return {
-        "offbench_version": offbench_version,
-        "git_sha": sha,
-        "jax_version": jax.__version__,
-        "device": f"{device.platform}:{device.device_kind}",
-        "schema_version": SCHEMA_VERSION,
-    }
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def evals_frame(keys: dict[str, Any], rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame([{**keys, **row} for row in rows])
-    metric_columns = sorted(c for c in frame.columns if c.startswith("metric_"))
-    return frame[[f.name for f in EVALS_SCHEMA] + metric_columns]
+def _frame(keys: dict[str, Any], rows: list[dict[str, Any]], provenance: dict[str, Any], schema: pa.Schema):
+    written = {"schema_version": SCHEMA_VERSION, "written_at": utc_now()}
+    frame = pd.DataFrame([{**keys, **row, **provenance, **written} for row in rows], columns=schema.names)
+    return frame[schema.names]
+
+
+def evals_frame(keys: dict[str, Any], rows: list[dict[str, Any]], provenance: dict[str, Any]) -> pd.DataFrame:
+    return _frame(keys, rows, provenance, EVALS_SCHEMA)
+
+
+def metrics_frame(
+    keys: dict[str, Any],
+    seeds: tuple[int, ...],
+    steps: np.ndarray,
+    values: dict[str, np.ndarray],
+    provenance: dict[str, Any],
+) -> pd.DataFrame:
+    """The long metrics table from ``values[name]`` of shape [len(steps), len(seeds)]."""
+    rows = [
+        {"seed": int(seed), "step": int(step), "name": name, "value": float(series[b, s])}
+        for name, series in sorted(values.items())
+        for s, seed in enumerate(seeds)
+        for b, step in enumerate(steps)
+    ]
+    return _frame(keys, rows, provenance, METRICS_SCHEMA)
 
 
 def runs_frame(
@@ -158,17 +280,18 @@ def runs_frame(
     evals: pd.DataFrame,
     *,
     spec: DatasetSpec,
+    provenance: dict[str, Any],
+    steps: int,
+    eval_every: int,
+    eval_episodes: int,
     final_k: int,
     train_seconds: float,
     compile_seconds: float,
     eval_seconds: float,
-    updates_per_second: float,
-    steps: int,
     diverged_step: np.ndarray,
 ) -> pd.DataFrame:
     """One row per seed. The final score is the mean of the last ``final_k`` evaluations."""
     rows = []
-    timestamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     seeds = evals["seed"].drop_duplicates().tolist()
     for index, seed in enumerate(seeds):
         seed_evals = evals[evals["seed"] == seed].sort_values("step")
@@ -181,37 +304,35 @@ def runs_frame(
         final_score, best_score = (spec.normalized_score(final_return), spec.normalized_score(best_return))
         rows.append(
             {
-                **keys,
                 "seed": int(seed),
                 "steps": steps,
+                "eval_every": eval_every,
+                "eval_episodes": eval_episodes,
+                "final_k": final_k,
                 "final_score": None if final_score is None or diverged else float(final_score),
                 "final_return": final_return,
                 "final_success_rate": final_success_rate,
                 "best_score": None if best_score is None or diverged else float(best_score),
                 "best_return": best_return,
-                "final_k": final_k,
                 "train_seconds": train_seconds,
                 "compile_seconds": compile_seconds,
                 "eval_seconds": eval_seconds,
-                "updates_per_second": updates_per_second,
+                "updates_per_second_per_seed": steps / max(train_seconds, 1e-9),
                 "seeds_in_job": len(seeds),
                 "diverged_step": int(diverged_step[index]) if diverged else None,
                 "status": "diverged" if diverged else "ok",
-                "ref_min_score": spec.ref_min_score,
-                "ref_max_score": spec.ref_max_score,
-                "ref_source": spec.ref_source,
-                **provenance(),
-                "timestamp": timestamp,
             }
         )
-    return pd.DataFrame(rows)[[f.name for f in RUNS_SCHEMA]]
+    return _frame(keys, rows, provenance, RUNS_SCHEMA)
 
 
 def to_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
-    """Arrow table with the fixed schema (extra ``metric_*`` columns appended as float64)."""
-    extra = [pa.field(c, pa.float64()) for c in frame.columns if c not in schema.names]
-    full = pa.schema(list(schema) + extra)
-    return pa.Table.from_pandas(frame, schema=full, preserve_index=False)
+    """Arrow table of exactly ``schema``: every file of a table gets the same columns and types."""
+    extra = sorted(set(frame.columns) - set(schema.names))
+    if extra:
+        raise ValueError(f"columns {extra} are not in the results schema; add them to results.py.")
+    table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+    return table.replace_schema_metadata({"offbench_schema_version": str(SCHEMA_VERSION)})
 
 
 def write_atomic(table: pa.Table, path: Path) -> Path:
@@ -225,34 +346,117 @@ def write_atomic(table: pa.Table, path: Path) -> Path:
     return path
 
 
-def write_job(out_dir: Path, name: str, evals: pd.DataFrame, runs: pd.DataFrame) -> tuple[Path, Path]:
-    """Write a job's two tables. The runs file is written last: its presence marks the job done."""
-    evals_path = write_atomic(to_table(evals, EVALS_SCHEMA), out_dir / "evals" / f"{name}.parquet")
-    runs_path = write_atomic(to_table(runs, RUNS_SCHEMA), out_dir / "runs" / f"{name}.parquet")
-    return evals_path, runs_path
+def nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(out_dir: Path) -> None:
+    """Refuse an output directory that cannot be written (read-only file system, no permission), before
+    any training: a file is created and removed in it, or in its nearest existing parent."""
+    folder = nearest_existing(out_dir.absolute())
+    try:
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".offbench-write-test-")
+        os.close(handle)
+        os.unlink(name)
+    except OSError as error:
+        raise ValueError(
+            f"cannot write to {folder} ({error.strerror or error}): the results of {out_dir} could not be "
+            "saved. Choose a writable --out."
+        ) from error
+
+
+def check_free_space(out_dir: Path, needed_bytes: int) -> None:
+    """Refuse to start when the output's file system has less free space than ``needed_bytes``."""
+    folder = nearest_existing(out_dir.absolute())
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise ValueError(
+            f"not enough free space for {out_dir}: its jobs need about {needed_bytes / 1e6:,.0f} MB "
+            f"(checkpoints, policies, rows) and {folder} has {free / 1e6:,.0f} MB free. Free some space "
+            "or choose another --out."
+        )
+
+
+TEMPORARY = re.compile(r"\.tmp-(\d+)")
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete what killed writers left in ``out_dir``: ``*.tmp-<pid>`` files and folders whose process no
+    longer runs, and orbax's unfinished checkpoint folders. Returns what was removed."""
+    from offbench.datasets.generate.catalog import pid_alive
+
+    removed = []
+    for path in sorted(out_dir.rglob("*")) if out_dir.is_dir() else []:
+        if not path.exists():
+            continue  # inside a folder removed above
+        match = TEMPORARY.search(path.name)
+        stale = (match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1)))) or (
+            "orbax-checkpoint-tmp" in path.name
+        )
+        if stale:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` under a temporary name, then rename: readers see the old file or the new
+    one, and a failed write (a full disk) leaves neither a partial file nor a temporary one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def table_path(out_dir: Path, table: str, name: str) -> Path:
+    return out_dir / table / f"{name}.parquet"
+
+
+def write_job(out_dir: Path, name: str, frames: dict[str, pd.DataFrame]) -> dict[str, Path]:
+    """Write a job's tables. ``runs`` is written last: its presence marks the job done."""
+    order = sorted(frames, key=lambda table: table == "runs")
+    return {
+        table: write_atomic(to_table(frames[table], SCHEMAS[table]), table_path(out_dir, table, name))
+        for table in order
+    }
+
+
+def file_schema_version(path: Path) -> int | None:
+    """The schema version a parquet file was written with (None: not a results file)."""
+    schema = pq.read_schema(path)
+    if "schema_version" not in schema.names:
+        return None
+    values = pq.read_table(path, columns=["schema_version"]).column("schema_version").to_pylist()
+    return int(values[0]) if values and values[0] is not None else None
 
 
 def check_output_dir(out_dir: Path) -> None:
-    """Refuse an output path that is a file, or a results directory from another schema version."""
+    """Refuse an output path that is a file, that cannot be written, or a results directory from another
+    schema version."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output path {out_dir} is a file, not a directory. Choose another --out.")
-    runs_dir = out_dir / "runs"
-    if not runs_dir.is_dir():
-        return
-    for path in sorted(runs_dir.glob("*.parquet"))[:1]:
-        found = pq.read_table(path, columns=["schema_version"]).column("schema_version").to_pylist()
-        if found and found[0] != SCHEMA_VERSION:
-            raise ValueError(
-                f"{out_dir} holds results of schema version {found[0]}, this offbench writes version "
-                f"{SCHEMA_VERSION}. Use a fresh --out directory (or move the old results away)."
-            )
+    check_writable(out_dir)
+    for table in TABLES:
+        for path in sorted((out_dir / table).glob("*.parquet"))[:1]:
+            found = file_schema_version(path)
+            if found != SCHEMA_VERSION:
+                raise ValueError(
+                    f"{out_dir} holds results of schema version {found}, this offbench writes version "
+                    f"{SCHEMA_VERSION}. Use a fresh --out directory (or move the old results away)."
+                )
 
 
 def upgrade(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
-    """Rows read from an older schema version, with this version's columns of ``schema`` that they lack:
-    a version-1 row's label is its algorithm (a missing label, too) and its success rates are NaN (none
-    were recorded). ``schema_version`` keeps the version the row was written with."""
-    frame = frame.copy()
+    """Rows read from an older schema version, with this version's columns of ``schema``: renamed
+    columns take their new names, a version-1 row's label is its algorithm (a missing label, too), and
+    columns the row never had are null. ``schema_version`` keeps the version the row was written with."""
+    frame = frame.rename(columns={old: new for old, new in RENAMED.items() if new in schema.names})
     if "label" in schema.names and "algorithm" in frame.columns:
         missing = pd.Series(None, index=frame.index, dtype=object)
         frame["label"] = frame.get("label", missing).fillna(frame["algorithm"])
@@ -269,21 +473,40 @@ def read_table(directory: str | Path, schema: pa.Schema, columns: list[str] | No
     paths = sorted(Path(directory).glob("*.parquet"))
     if not paths:
         raise FileNotFoundError(f"no parquet files in {directory}.")
-    frames = []
-    for path in paths:
-        present = pq.read_schema(path).names
-        # "algorithm" too: upgrade() derives a missing label from it
-        wanted = (
-            None if columns is None else [c for c in dict.fromkeys([*columns, "algorithm"]) if c in present]
-        )
-        frames.append(upgrade(pd.read_parquet(path, columns=wanted), schema))
+    frames = [upgrade(pd.read_parquet(path), schema) for path in paths]
     frame = pd.concat(frames, ignore_index=True)
     return frame if columns is None else frame.reindex(columns=columns)
 
 
-def read_runs(out_dir: str | Path) -> pd.DataFrame:
-    return read_table(Path(out_dir) / "runs", RUNS_SCHEMA)
-
-
-def read_evals(out_dir: str | Path) -> pd.DataFrame:
-    return read_table(Path(out_dir) / "evals", EVALS_SCHEMA)
+def upgrade_directory(out_dir: str | Path) -> list[Path]:
+    """Rewrite a results directory of an older schema version in this version's layout, in place: every
+    file of a table gets this version's columns (the ``metric_*`` columns of version-2 evals become rows
+    of ``metrics/``, logged at the evaluation steps), and columns the rows never had are null, the job
+    identity and provenance included. ``schema_version`` keeps the version the rows were written with,
+    so a sweep refuses to add rows of its own to the directory. Returns the files written."""
+    out_dir = Path(out_dir)
+    written = []
+    for path in sorted((out_dir / "evals").glob("*.parquet")):
+        if pq.read_schema(path).names == EVALS_SCHEMA.names:
+            continue
+        frame = upgrade(pd.read_parquet(path), EVALS_SCHEMA).assign(job=path.stem)
+        metric_columns = [c for c in frame.columns if c.startswith("metric_")]
+        if metric_columns:
+            long = frame.melt(
+                id_vars=[c for c in frame.columns if c not in metric_columns],
+                value_vars=metric_columns,
+                var_name="name",
+                value_name="value",
+            )
+            long["name"] = long["name"].str.removeprefix("metric_")
+            metrics = long.reindex(columns=METRICS_SCHEMA.names).sort_values(["seed", "name", "step"])
+            written.append(
+                write_atomic(to_table(metrics, METRICS_SCHEMA), table_path(out_dir, "metrics", path.stem))
+            )
+        written.append(write_atomic(to_table(frame.reindex(columns=EVALS_SCHEMA.names), EVALS_SCHEMA), path))
+    for path in sorted((out_dir / "runs").glob("*.parquet")):
+        if pq.read_schema(path).names == RUNS_SCHEMA.names:
+            continue
+        frame = upgrade(pd.read_parquet(path), RUNS_SCHEMA).assign(job=path.stem)
+        written.append(write_atomic(to_table(frame.reindex(columns=RUNS_SCHEMA.names), RUNS_SCHEMA), path))
+    return written

@@ -158,7 +158,25 @@ def _positive_int(raw: dict[str, Any], key: str, default: int | None, where: str
     if value is None:
         raise SuiteError(f"{where}: missing required key {key!r}.")
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise SuiteError(f"{where}: {key} must be a positive integer, got {value!r}.")
+        raise SuiteError(
+            f"{where}: {key} must be a positive integer, got {value!r}. Write it as a number without "
+            f"quotes, e.g. {key} = 1000."
+        )
+    return value
+
+
+def _strings(value: Any, key: str, where: str, example: str, unique: bool = False) -> list[str]:
+    """A non-empty list of strings; a single string is read as a list of one (``samplers = "aw"``)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise SuiteError(
+            f"{where}: {key} must be a string or a non-empty list of strings, e.g. {key} = {example}; got "
+            f"{value!r}."
+        )
+    repeated = [v for i, v in enumerate(value) if v in value[:i]]
+    if unique and repeated:
+        raise SuiteError(f"{where}: {key} lists {repeated[0]!r} more than once; list each one once.")
     return value
 
 
@@ -170,7 +188,7 @@ def parse_seeds(value: Any, where: str) -> tuple[int, ...]:
             return parse_text(value)
         except Exception as error:  # typer.BadParameter carries the readable message
             raise SuiteError(f"{where}: {error}") from error
-    if isinstance(value, list) and value and all(isinstance(v, int) and v >= 0 for v in value):
+    if isinstance(value, list) and value and all(_natural(v) for v in value):
         if len(set(value)) != len(value):
             raise SuiteError(f"{where}: seeds repeat a value: {value}.")
         return tuple(value)
@@ -179,21 +197,42 @@ def parse_seeds(value: Any, where: str) -> tuple[int, ...]:
     )
 
 
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = "suite") -> Suite:
     _unknown(raw, SUITE_KEYS, source)
-    datasets = raw.get("datasets")
-    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) for d in datasets):
-        raise SuiteError(f"{source}: 'datasets' must be a non-empty list of dataset ids or glob patterns.")
+    for key in ("name", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise SuiteError(
+                f'{source}: {key} must be a string in quotes, e.g. {key} = "tiny"; got {raw[key]!r}.'
+            )
+    if "name" in raw and not LABEL.match(raw["name"]):
+        raise SuiteError(
+            f"{source}: name {raw['name']!r} names the results folder (results/<name>): use letters, digits, "
+            "'_', '.' and '-', starting with a letter or digit."
+        )
+    if "datasets" not in raw:
+        raise SuiteError(f"{source}: missing required key 'datasets' (dataset ids, paths or glob patterns).")
+    datasets = _strings(raw["datasets"], "datasets", source, '["offbench/hopper/medium-v0"]')
     entries = raw.get("algorithms")
     if not isinstance(entries, list) or not entries:
-        raise SuiteError(f"{source}: add at least one [[algorithms]] table with a 'name'.")
+        raise SuiteError(
+            f"{source}: add at least one [[algorithms]] table with a 'name'"
+            + ("." if entries is None else f", not algorithms = {entries!r}.")
+        )
     algorithms = []
     for index, entry in enumerate(entries):
         where = f"{source}: algorithms[{index}]"
         if not isinstance(entry, dict) or "name" not in entry:
             raise SuiteError(f"{where}: each [[algorithms]] table needs a 'name'.")
-        _unknown(entry, ALGORITHM_KEYS, f"{where} ({entry['name']})")
         name = entry["name"]
+        if not isinstance(name, str):
+            raise SuiteError(
+                f'{where}: name must be an algorithm name in quotes, e.g. name = "td3bc"; got {name!r}.'
+            )
+        _unknown(entry, ALGORITHM_KEYS, f"{where} ({name})")
         if name not in REGISTRY:
             raise SuiteError(
                 f"{where}: unknown algorithm {name!r}.{suggest(name, list(REGISTRY))} "
@@ -207,7 +246,13 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
             )
         config_type = get_algorithm(name).Config
         fields = config_fields(config_type)
-        samplers = entry.get("samplers", ["uniform"])
+        samplers = _strings(
+            entry.get("samplers", ["uniform"]),
+            "samplers",
+            f"{where} ({name})",
+            '["uniform", "aw"]',
+            unique=True,
+        )
         for sampler in samplers:
             if sampler not in SAMPLERS:
                 raise SuiteError(
@@ -218,7 +263,10 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
         grid = entry.get("grid", {})
         for kind, table in (("hparams", hparams), ("grid", grid)):
             if not isinstance(table, dict):
-                raise SuiteError(f"{where} ({name}): '{kind}' must be a table of name = value.")
+                raise SuiteError(
+                    f"{where} ({name}): '{kind}' must be a table of name = value, e.g. {kind} = "
+                    f"{{ alpha = {'[2.5, 5.0]' if kind == 'grid' else '2.5'} }}; got {table!r}."
+                )
             for key in table:
                 if key not in fields or key in {"sampler", "total_steps"}:
                     raise SuiteError(
@@ -227,7 +275,10 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
                     )
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
-                raise SuiteError(f"{where} ({name}): grid.{key} must be a non-empty list of values.")
+                raise SuiteError(
+                    f"{where} ({name}): grid.{key} must be a non-empty list of the values to try, got "
+                    f"{values!r}. Write it as a list, or put a single fixed value in hparams."
+                )
         converted_grid = tuple((k, tuple(_freeze(v) for v in values)) for k, values in grid.items())
         algorithm = AlgorithmEntry(
             name=name,
@@ -244,9 +295,9 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
         algorithms.append(algorithm)
     _check_labels(algorithms, source)
 
-    return Suite(
-        name=str(raw.get("name", default_name)),
-        description=str(raw.get("description", "")),
+    suite = Suite(
+        name=raw.get("name", default_name),
+        description=raw.get("description", ""),
         datasets=tuple(datasets),
         seeds=parse_seeds(raw.get("seeds", "0-4"), source),
         steps=_positive_int(raw, "steps", None, source),
@@ -255,6 +306,11 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
         final_k=_positive_int(raw, "final_k", 1, source),
         algorithms=tuple(algorithms),
     )
+    try:  # the schedule rules (eval_every <= steps, final_k <= evaluations) are Job's, checked now
+        suite.jobs(["validation"])
+    except ValueError as error:
+        raise SuiteError(f"{source}: {error}") from error
+    return suite
 
 
 def _check_labels(algorithms: list[AlgorithmEntry], source: str) -> None:

@@ -153,7 +153,9 @@ def build_dataset(
 
     n = rewards.shape[0]
     if n == 0:
-        raise DatasetError(f"dataset {spec.id!r} has no transitions.")
+        raise DatasetError(
+            f"dataset {spec.id!r} has no transitions. Regenerate or re-download it, or pass another dataset."
+        )
     lengths = {
         "observations": observations.shape[0],
         "actions": actions.shape[0],
@@ -173,11 +175,12 @@ def build_dataset(
     if observations.ndim != 2 or observations.shape[1] != spec.observation_dim:
         raise DatasetError(
             f"dataset {spec.id!r}: observations have shape {observations.shape}, expected "
-            f"[N, {spec.observation_dim}]."
+            f"[N, {spec.observation_dim}] (its observation space). Regenerate the dataset or fix its arrays."
         )
     if actions.ndim != 2 or actions.shape[1] != spec.action_dim:
         raise DatasetError(
-            f"dataset {spec.id!r}: actions have shape {actions.shape}, expected [N, {spec.action_dim}]."
+            f"dataset {spec.id!r}: actions have shape {actions.shape}, expected [N, {spec.action_dim}] (its "
+            "action space). Regenerate the dataset or fix its arrays."
         )
     if next_observations.shape != observations.shape:
         raise DatasetError(
@@ -274,7 +277,10 @@ def from_episodes(spec: DatasetSpec, episodes: Iterable[dict[str, np.ndarray]]) 
         parts["terminals"].append(terminals)
         parts["timeouts"].append(timeouts)
     if not parts["rewards"]:
-        raise DatasetError(f"dataset {spec.id!r} contains no episodes with at least one step.")
+        raise DatasetError(
+            f"dataset {spec.id!r} contains no episodes with at least one step. Regenerate or re-download it "
+            "(delete its folder first), or pass another dataset."
+        )
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     return build_dataset(spec, **arrays)
 

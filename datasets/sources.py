@@ -9,10 +9,13 @@ files are read and relabelled by the ``ogbench`` package's own ``load_dataset`` 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import shutil
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import gymnasium as gym
@@ -20,6 +23,7 @@ import h5py
 import numpy as np
 
 from offbench.datasets.dataset import (
+    ACTION_BOUND_TOLERANCE,
     Dataset,
     DatasetError,
     DatasetSpec,
@@ -44,6 +48,7 @@ D4RL_EVAL_ENVS: dict[str, str] = {
 }
 D4RL_NAME = re.compile(r"^(halfcheetah|hopper|walker2d|ant)-[a-z\-]+-v\d+$")
 D4RL_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
+NUMERIC_KINDS = "biuf"  # NumPy dtype kinds of bool, signed and unsigned integer and float arrays
 
 
 def load_dataset(name: str, *, env_id: str | None = None, download: bool = False) -> Dataset:
@@ -77,25 +82,30 @@ def load_minari(dataset_id: str, *, download: bool = False, env_id: str | None =
     import minari
 
     local = set(minari.list_local_datasets())
-    if dataset_id not in local and (minari_datasets_path() / dataset_id / "data").is_dir():
+    folder = minari_datasets_path() / dataset_id
+    if dataset_id not in local and (folder / "data").is_dir():
         raise DatasetError(
             f"dataset {dataset_id!r} exists under {minari_datasets_path()} but Minari cannot read its "
             "metadata: the files may be corrupt. Delete that folder and regenerate or re-download it."
         )
-    if dataset_id not in local and not download:
-        raise DatasetError(
-            f"unknown dataset {dataset_id!r}: not found under {minari_datasets_path()}."
-            f"{suggest(dataset_id, sorted(local))} "
-            "Generate offbench's own datasets with `offbench datasets generate`, or pass --download to "
-            "fetch a remote Minari id (needs internet)."
-        )
+    if dataset_id not in local:
+        if not download:
+            raise DatasetError(
+                f"unknown dataset {dataset_id!r}: not found under {minari_datasets_path()}."
+                f"{suggest(dataset_id, sorted(local))} "
+                "Generate offbench's own datasets with `offbench datasets generate`, or pass --download to "
+                "fetch a remote Minari id (needs internet)."
+            )
+        download_minari_dataset(dataset_id)
+    corrupt = (
+        f"The files under {folder} may be truncated or corrupt: delete that folder and regenerate or "
+        "re-download it."
+    )
     try:
-        minari_dataset = minari.load_dataset(dataset_id, download=download)
+        minari_dataset = minari.load_dataset(dataset_id)
     except (OSError, KeyError, ValueError) as error:
         raise DatasetError(
-            f"dataset {dataset_id!r} could not be read ({type(error).__name__}: {error}). The files under "
-            f"{minari_datasets_path() / dataset_id} may be corrupt: delete that folder and regenerate or "
-            "re-download it."
+            f"dataset {dataset_id!r} could not be read ({type(error).__name__}: {one_line(error)}). {corrupt}"
         ) from error
 
     metadata = minari_dataset.storage.metadata
@@ -147,17 +157,98 @@ def load_minari(dataset_id: str, *, download: bool = False, env_id: str | None =
         observation_keys=observation_keys,
         description=metadata.get("description"),
     )
-    episodes = (
-        {
-            "observations": flatten(episode.observations),
-            "actions": episode.actions,
-            "rewards": episode.rewards,
-            "terminations": episode.terminations,
-            "truncations": episode.truncations,
-        }
-        for episode in minari_dataset.iterate_episodes()
-    )
-    return from_episodes(spec, episodes)
+
+    def episodes() -> Iterator[dict[str, np.ndarray]]:
+        # Minari reads the episodes lazily, from main_data.hdf5, while from_episodes consumes them: a
+        # truncated or damaged file fails here, not when the dataset was opened above.
+        try:
+            for episode in minari_dataset.iterate_episodes():
+                yield {
+                    "observations": flatten(episode.observations),
+                    "actions": episode.actions,
+                    "rewards": episode.rewards,
+                    "terminations": episode.terminations,
+                    "truncations": episode.truncations,
+                }
+        except (OSError, KeyError, ValueError, TypeError) as error:
+            raise DatasetError(
+                f"dataset {dataset_id!r}: its episodes could not be read ({type(error).__name__}: "
+                f"{one_line(error)}). {corrupt}"
+            ) from error
+
+    return from_episodes(spec, episodes())
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line: messages from h5py, Gymnasium or HTTP clients may span several."""
+    return " ".join(str(error).split())
+
+
+# Failures to reach a server, by class name anywhere in an exception's class hierarchy. Minari's remote
+# clients raise their own classes (huggingface_hub's httpx or requests errors, google-cloud's transport
+# errors), which share no base with the standard library's and may not even be installed, so they cannot be
+# imported to be caught. A server that answered with an error status (HTTP 404) is not among them.
+CONNECTION_ERRORS = frozenset(
+    {
+        "ConnectionError",  # builtins, requests, huggingface_hub's OfflineModeIsEnabled
+        "TimeoutError",
+        "gaierror",  # socket: the name does not resolve
+        "URLError",  # urllib
+        "TransportError",  # httpx (ConnectError, timeouts), google.auth
+        "NewConnectionError",  # urllib3
+        "MaxRetryError",
+        "Timeout",  # requests
+        "RetryError",  # google.api_core, when every retry failed
+    }
+)
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether ``error``, or an exception that caused it, says the server could not be reached."""
+    import urllib.error
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        names = {cls.__name__ for cls in type(current).__mro__}
+        if names & CONNECTION_ERRORS and not isinstance(current, urllib.error.HTTPError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def download_minari_dataset(dataset_id: str) -> None:
+    """Fetch a Minari dataset from the Minari server into :func:`minari_datasets_path`.
+
+    Every failure is one DatasetError: no connection, an id the server does not have, an interrupted
+    transfer. A dataset folder the failed attempt created is removed, so that the next attempt does not
+    find a half-downloaded dataset.
+    """
+    import minari
+
+    folder = minari_datasets_path() / dataset_id
+    existed = folder.exists()
+    try:
+        minari.download_dataset(dataset_id)
+    except Exception as error:  # the remote clients' classes differ (see CONNECTION_ERRORS)
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        detail = f"{type(error).__name__}: {one_line(error).rstrip('.')}"
+        if isinstance(error, ImportError):
+            raise DatasetError(
+                f"downloading Minari dataset {dataset_id!r} needs Minari's remote client ({detail}). "
+                "Reinstall offbench (`pip install -e .`), which installs minari[hf]."
+            ) from error
+        if is_connection_error(error):
+            raise DatasetError(
+                f"downloading Minari dataset {dataset_id!r} failed: no connection to the Minari server "
+                f"({detail}). Connect to the internet and retry, or copy the dataset folder to {folder}."
+            ) from error
+        raise DatasetError(
+            f"downloading Minari dataset {dataset_id!r} failed ({detail}). Check the id against "
+            "`minari list remote`, then retry."
+        ) from error
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,12 +267,42 @@ def _read_hdf5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
                 )
             )
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    except OSError as error:
+    except (OSError, KeyError, RuntimeError) as error:  # h5py reports damaged objects with all three
         raise DatasetError(
-            f"{path} is not a readable HDF5 file ({error}). It may be truncated or corrupt: download or "
-            "generate it again."
+            f"{path} is not a readable HDF5 file ({one_line(error)}). It may be truncated or corrupt: "
+            "download or generate it again."
         ) from error
     return arrays, attrs
+
+
+def _check_d4rl_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Numbers in the layout D4RL writes: [rows, dimensions] observations and actions, one value per row
+    for the rest, and at least one row."""
+    for key in (*D4RL_REQUIRED_KEYS, "timeouts", "next_observations"):
+        if key in arrays and arrays[key].dtype.kind not in NUMERIC_KINDS:
+            raise DatasetError(
+                f"{path}: {key!r} holds {arrays[key].dtype} values, not numbers. A D4RL-format file stores "
+                "numeric arrays: write the file again with numbers."
+            )
+    for key in ("observations", "actions", "next_observations"):
+        if key in arrays and arrays[key].ndim != 2:
+            raise DatasetError(
+                f"{path}: {key!r} has shape {arrays[key].shape}; a D4RL-format file stores it as a 2-D "
+                "[rows, dimensions] array (a 1-dimensional observation is [rows, 1]). Write the file again "
+                "in that layout."
+            )
+    for key in ("rewards", "terminals", "timeouts"):
+        shape = arrays[key].shape if key in arrays else (0,)
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            raise DatasetError(
+                f"{path}: {key!r} has shape {shape}; it needs one value per row ([rows] or [rows, 1]). Write "
+                "the file again in that layout."
+            )
+    if len(arrays["rewards"]) == 0:
+        raise DatasetError(
+            f"{path} holds no steps: its arrays have 0 rows. Write the data into it again, or pass another "
+            "dataset."
+        )
 
 
 def load_d4rl_hdf5(path: str | Path, *, env_id: str | None = None) -> Dataset:
@@ -208,6 +329,7 @@ def load_d4rl_hdf5(path: str | Path, *, env_id: str | None = None) -> Dataset:
             f"{path} has no {', '.join(repr(k) for k in missing)} dataset(s); a D4RL-format file needs "
             f"{', '.join(D4RL_REQUIRED_KEYS)} (and usually 'timeouts'). Keys found: {sorted(arrays)[:12]}."
         )
+    _check_d4rl_arrays(path, arrays)
 
     observations = np.asarray(arrays["observations"], np.float32)
     actions = np.asarray(arrays["actions"], np.float32)
@@ -505,18 +627,19 @@ def read_ogbench_npz(path: Path, task_env: str, dataset_id: str) -> Dataset:
     ogbench = import_ogbench()
     from ogbench.relabel_utils import relabel_dataset
 
+    required = list(OGBENCH_REQUIRED_KEYS)
+    if task_env.startswith(("scene", "puzzle")):
+        required.append("button_states")
     try:
         with np.load(path) as file:
             keys = list(file.files)
+            layout = {key: _npz_header(file, key) for key in required if key in keys}
             episode_ends = np.asarray(file["terminals"]) if "terminals" in keys else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise DatasetError(
             f"{path} is not a readable npz file ({error}). It may be truncated or corrupt: download or "
             "generate it again."
         ) from error
-    required = list(OGBENCH_REQUIRED_KEYS)
-    if task_env.startswith(("scene", "puzzle")):
-        required.append("button_states")
     missing = [k for k in required if k not in keys]
     if missing:
         raise DatasetError(
@@ -524,16 +647,23 @@ def read_ogbench_npz(path: Path, task_env: str, dataset_id: str) -> Dataset:
             f"needs {', '.join(required)} (qpos/button_states define the rewards). Keys found: "
             f"{sorted(keys)[:12]}."
         )
-    if episode_ends.size == 0 or not episode_ends[-1]:
+    _check_npz_layout(path, layout)
+    if not episode_ends[-1]:
         raise DatasetError(
             f"{path}: the last row does not end an episode ('terminals' is not set on it). OGBench files "
             "hold whole episodes, each ending with terminals = 1: the file may be truncated."
         )
-    arrays = ogbench.load_dataset(str(path), add_info=True)
     env = gym.make(task_env)  # registered by ogbench_singletask_env
     try:
+        arrays = ogbench.load_dataset(str(path), add_info=True)
         relabel_dataset(task_env, env, arrays)
         action_space = env.action_space
+    except (ValueError, IndexError, KeyError) as error:
+        raise DatasetError(
+            f"{path} could not be relabelled for {task_env} ({type(error).__name__}: {one_line(error)}): its "
+            "simulator states (qpos/button_states) do not fit that environment. Pass the singletask "
+            "environment the data was collected in (--env), or regenerate the file."
+        ) from error
     finally:
         env.close()
     terminals = arrays["masks"] == 0.0
@@ -563,6 +693,42 @@ def read_ogbench_npz(path: Path, task_env: str, dataset_id: str) -> Dataset:
     )
 
 
+def _npz_header(file: np.lib.npyio.NpzFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """An npz member's shape and dtype, read from its header without loading the array."""
+    with file.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(member)
+    return shape, dtype
+
+
+def _check_npz_layout(path: Path, layout: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """OGBench's layout: numbers, [rows, dimensions] arrays and one terminal flag per row, all with the same
+    number of rows, at least one."""
+    for key, (shape, dtype) in layout.items():
+        if dtype.kind not in NUMERIC_KINDS:
+            raise DatasetError(
+                f"{path}: {key!r} holds {dtype} values, not numbers. OGBench files store numeric arrays: "
+                "download or generate the file again."
+            )
+        if len(shape) != (1 if key == "terminals" else 2):
+            expected = "[rows]" if key == "terminals" else "[rows, dimensions]"
+            raise DatasetError(
+                f"{path}: {key!r} has shape {shape}, not {expected} as in OGBench's files. Download or "
+                "generate the file again."
+            )
+    rows = {key: shape[0] for key, (shape, _) in layout.items()}
+    if len(set(rows.values())) > 1:
+        raise DatasetError(
+            f"{path}: mismatched lengths, {', '.join(f'{k!r} has {n}' for k, n in rows.items())} rows. "
+            "Every array needs one row per step: download or generate the file again."
+        )
+    if not rows["terminals"]:
+        raise DatasetError(f"{path} holds no steps: its arrays have 0 rows. Pass another dataset.")
+
+
 def flatten_observation(observation, observation_keys: tuple[str, ...] | None) -> np.ndarray:
     """One environment observation as the flat float32 vector the dataset stores."""
     if observation_keys is None:
@@ -573,21 +739,62 @@ def flatten_observation(observation, observation_keys: tuple[str, ...] | None) -
 def make_env(spec: DatasetSpec, **kwargs) -> gym.Env:
     """The evaluation environment of a dataset. OGBench environments are registered (``import ogbench``)
     first; Gymnasium does not know them until then."""
-    if spec.eval_env_spec is not None:
-        env_spec = gym.envs.registration.EnvSpec.from_json(spec.eval_env_spec)
-        if OGBENCH_NAME.match(env_spec.id):
-            import_ogbench()
-        return gym.make(env_spec, **kwargs)
-    if spec.env_id is None:
+    if spec.eval_env_spec is None and spec.env_id is None:
         raise DatasetError(
             f"dataset {spec.id!r} names no evaluation environment. Pass one explicitly, e.g. "
             "`--env Hopper-v5`."
         )
-    if OGBENCH_NAME.match(spec.env_id):
+    env_spec = gym.envs.registration.EnvSpec.from_json(spec.eval_env_spec) if spec.eval_env_spec else None
+    env_id = env_spec.id if env_spec is not None else spec.env_id
+    if OGBENCH_NAME.match(env_id):
         import_ogbench()
     try:
-        return gym.make(spec.env_id, **kwargs)
-    except gym.error.Error as error:
+        return gym.make(env_spec or env_id, **kwargs)
+    except (gym.error.Error, ImportError) as error:  # unknown ids, missing simulators or assets
         raise DatasetError(
-            f"cannot create evaluation environment {spec.env_id!r} for dataset {spec.id!r}: {error}"
+            f"cannot create evaluation environment {env_id!r} for dataset {spec.id!r}: "
+            f"{one_line(error).rstrip('.')}. Pass --env with a registered Gymnasium id, e.g. "
+            "`--env Hopper-v5`."
         ) from error
+
+
+def check_spaces(spec: DatasetSpec) -> None:
+    """Refuse a dataset whose observations or actions do not fit its evaluation environment, before any
+    training: the flattened observation size, the action size and the action bounds must match."""
+    env = make_env(spec)
+    try:
+        env_id = env.spec.id if env.spec is not None else spec.env_id
+        observation_space, action_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    keys = spec.observation_keys
+    if keys is None:
+        observation_dim = gym.spaces.flatdim(observation_space)
+    elif isinstance(observation_space, gym.spaces.Dict) and set(keys) <= set(observation_space.spaces):
+        observation_dim = sum(gym.spaces.flatdim(observation_space[key]) for key in keys)
+    else:
+        observation_dim = None  # the environment lacks some of the dataset's observation keys
+    if isinstance(action_space, gym.spaces.Box):
+        low, high = action_space.low.reshape(-1), action_space.high.reshape(-1)
+        actions = f"{low.size} actions in [{low.min():g}, {high.max():g}]"
+        actions_match = (
+            low.size == spec.action_dim
+            and np.allclose(low, spec.action_low, atol=ACTION_BOUND_TOLERANCE)
+            and np.allclose(high, spec.action_high, atol=ACTION_BOUND_TOLERANCE)
+        )
+    else:
+        actions, actions_match = f"{type(action_space).__name__} actions", False
+    if observation_dim == spec.observation_dim and actions_match:
+        return
+    observations = (
+        f"observations without the keys {list(keys)}"
+        if observation_dim is None
+        else f"{observation_dim} observation dimensions"
+    )
+    data_low, data_high = min(spec.action_low, default=math.nan), max(spec.action_high, default=math.nan)
+    raise DatasetError(
+        f"dataset {spec.id!r} has {spec.observation_dim} observation dimensions and {spec.action_dim} "
+        f"actions in [{data_low:g}, {data_high:g}], but its evaluation environment {env_id!r} has "
+        f"{observations} and {actions}: the dataset belongs to another environment. Pass --env with the "
+        "environment the data was collected in."
+    )

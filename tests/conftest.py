@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One persistent XLA compilation cache for the whole test session, subprocesses included (they inherit
+# the environment): the tests train the same tiny networks over and over, and on a 2-core CPU compiling
+# them is most of their time. Set before JAX is imported; a cached executable computes the same numbers.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="offbench-test-xla-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=_cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
 
-from offbench.datasets.generate.rollout import rollout_episodes, write_minari
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from offbench.datasets.generate.rollout import rollout_episodes, write_minari  # noqa: E402
 
 
 def noisy_hopper_policy(observation: np.ndarray, rng: np.random.Generator) -> np.ndarray:

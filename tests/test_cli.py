@@ -126,3 +126,27 @@ def test_run_refuses_an_output_path_that_is_a_file(hopper_minari, tmp_path):
     )
     assert result.exit_code == 2 and "is a file" in result.output
     assert out.read_text() == "not a directory"
+
+
+def test_error_messages_are_one_line_and_keep_bracketed_text(tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text('datasets = ["x/y-v0"]\nsteps = 10\neval_every = 10\n\n[[algorithms]]\nlabel = "x"\n')
+    result = invoke("sweep", str(suite), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert result.output.splitlines()[0] == (
+        f"error: {suite}: algorithms[0]: each [[algorithms]] table needs a 'name'."
+    )
+    # User text that looks like rich markup is printed as typed.
+    missing = tmp_path / "[red]data[/red]" / "hopper-medium-v2.hdf5"
+    result = invoke("run", "--algorithm", "bc", "--dataset", str(missing), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: dataset file {missing} does not exist.")
+
+
+def test_datasets_list_on_an_empty_store_says_where_and_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    result = invoke("datasets", "list")
+    assert result.exit_code == 0
+    assert result.output.startswith(f"no datasets under {tmp_path / 'store'} ($MINARI_DATASETS_PATH).")
+    assert "`offbench datasets generate`" in result.output and "--download" in result.output
+    assert len(result.output.splitlines()) == 1

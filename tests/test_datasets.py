@@ -6,16 +6,25 @@ through the session fixtures in conftest.py; nothing is downloaded.
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
+import json
+import shutil
+import types
+import urllib.error
 from pathlib import Path
 
 import gymnasium as gym
 import jax.numpy as jnp
 import minari
+import minari.storage.remotes.huggingface as huggingface_remote
 import numpy as np
 import pytest
+from huggingface_hub.errors import EntryNotFoundError
 from minari.data_collector import EpisodeBuffer
 
 from offbench.algorithms.sampling import gather
+from offbench.datasets import sources
 from offbench.datasets.dataset import (
     OBSERVATION_STD_EPSILON,
     DatasetError,
@@ -26,6 +35,8 @@ from offbench.datasets.dataset import (
 from offbench.datasets.generate.rollout import rollout_episodes, write_minari
 from offbench.datasets.sources import (
     D4RL_REFERENCE_SCORES,
+    check_spaces,
+    is_connection_error,
     load_d4rl_hdf5,
     load_dataset,
     load_minari,
@@ -460,3 +471,181 @@ def test_minari_episode_without_final_observation() -> None:
                "terminations": np.zeros(3, bool), "truncations": np.zeros(3, bool)}
     assert_dataset_error(lambda: from_episodes(hand_spec(), [episode]), "3 observations for 3 actions",
                          "T+1 observations", "use the fixed version")
+
+
+# ------------------------------------------------------------------------------------ spaces
+
+
+def hopper_like_file(path: Path, **attrs) -> Path:
+    """30 Hopper-shaped steps (11 observation dimensions, 3 actions) in a D4RL-format file."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "observations": rng.normal(size=(30, 11)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (30, 3)).astype(np.float32),
+        "rewards": np.zeros(30, np.float32),
+        "terminals": np.eye(1, 30, 29, dtype=bool)[0],
+    }
+    return write_d4rl_hdf5(path, arrays, attrs)
+
+
+def test_check_spaces_accepts_the_environment_the_data_came_from(hopper_minari: str, tmp_path: Path) -> None:
+    check_spaces(load_dataset(hopper_minari).spec)
+    check_spaces(load_dataset(str(hopper_like_file(tmp_path / "data.hdf5")), env_id="Hopper-v5").spec)
+
+
+def test_check_spaces_refuses_another_environment_and_closes_it(tmp_path: Path, monkeypatch) -> None:
+    closed = []
+
+    def recording_make_env(spec):
+        env = make_env(spec)
+        monkeypatch.setattr(env, "close", lambda: closed.append(env.spec.id))
+        return env
+
+    monkeypatch.setattr(sources, "make_env", recording_make_env)
+    spec = load_dataset(str(hopper_like_file(tmp_path / "data.hdf5")), env_id="HalfCheetah-v5").spec
+    message = assert_dataset_error(
+        lambda: check_spaces(spec), "has 11 observation dimensions and 3 actions in [-1, 1]",
+        "'HalfCheetah-v5' has 17 observation dimensions and 6 actions in [-1, 1]",
+        "belongs to another environment", "Pass --env",
+    )
+    assert "\n" not in message and closed == ["HalfCheetah-v5"]
+
+
+def test_check_spaces_refuses_other_action_bounds(tmp_path: Path) -> None:
+    path = hopper_like_file(tmp_path / "wide.hdf5", action_low=[-2.0] * 3, action_high=[2.0] * 3)
+    spec = load_dataset(str(path), env_id="Hopper-v5").spec
+    assert_dataset_error(lambda: check_spaces(spec), "3 actions in [-2, 2]", "'Hopper-v5' has",
+                         "3 actions in [-1, 1]")
+
+
+@pytest.mark.parametrize("env_id", ["NoSuchEnv-v0", "Hoper-v5"])
+def test_check_spaces_refuses_an_environment_that_cannot_be_created(tmp_path: Path, env_id: str) -> None:
+    spec = load_dataset(str(hopper_like_file(tmp_path / "data.hdf5")), env_id=env_id).spec
+    message = assert_dataset_error(
+        lambda: check_spaces(spec), f"cannot create evaluation environment {env_id!r}",
+        "Pass --env with a registered Gymnasium id",
+    )
+    assert "\n" not in message
+
+
+# ------------------------------------------------------------------------------------ downloads
+
+
+class LocalHub:
+    """The read calls Minari's Hugging Face remote makes on ``huggingface_hub.HfApi``, answered from a
+    folder laid out as the Farama hub: one repository per top-level namespace, files at their paths."""
+
+    folder: Path
+
+    def __init__(self, token: str | None = None) -> None:
+        pass
+
+    def list_datasets(self, author: str, dataset_name: str | None = None) -> list:
+        repos = sorted(p.name for p in self.folder.iterdir() if dataset_name in (None, p.name))
+        return [types.SimpleNamespace(id=f"{author}/{repo}") for repo in repos]
+
+    def hf_hub_download(self, repo_id, filename, repo_type, local_dir=None, force_download=False) -> str:
+        source = self.folder / repo_id.split("/", 1)[1] / filename
+        if not source.is_file():
+            raise EntryNotFoundError(f"{filename} is not in {repo_id}")
+        target = Path(local_dir or self.folder.parent / "hub-cache" / repo_id) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return shutil.copyfile(source, target)
+
+    def snapshot_download(self, repo_id, allow_patterns, repo_type, local_dir) -> str:
+        repo = self.folder / repo_id.split("/", 1)[1]
+        for path in repo.rglob("*"):
+            if path.is_file() and fnmatch.fnmatch(path.relative_to(repo).as_posix(), allow_patterns):
+                target = Path(local_dir) / path.relative_to(repo)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+        return str(local_dir)
+
+
+REMOTE_ID = "mirror/toy/tiny-v0"
+
+
+@pytest.fixture
+def remote(tmp_path: Path, monkeypatch) -> Path:
+    """A hub holding REMOTE_ID (a Minari dataset written here, registered as Minari's upload does) served
+    by LocalHub, and an empty local Minari root."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "written"))
+    buffer = minari_buffer(np.arange(10, dtype=np.float32).reshape(5, 2), np.zeros((4, 1)), [0, 0, 0, 1],
+                           [0, 0, 0, 0])
+    minari.create_dataset_from_buffers(
+        REMOTE_ID, [buffer], env=None, observation_space=gym.spaces.Box(-10.0, 10.0, (2,), np.float32),
+        action_space=gym.spaces.Box(-1.0, 1.0, (1,), np.float32), **MINARI_META,
+    )
+    hub = shutil.copytree(tmp_path / "written", tmp_path / "hub")
+    metadata = hub / "mirror" / "namespace_metadata.json"
+    registered = {**json.loads(metadata.read_text()), "datasets": [REMOTE_ID], "namespaces": ["mirror/toy"]}
+    metadata.write_text(json.dumps(registered))
+    monkeypatch.setattr(LocalHub, "folder", hub, raising=False)
+    monkeypatch.setattr(huggingface_remote, "HfApi", LocalHub)
+    local = tmp_path / "local"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(local))
+    return local
+
+
+def test_download_runs_minaris_remote_client_end_to_end(remote: Path) -> None:
+    assert_dataset_error(lambda: load_dataset(REMOTE_ID), "not found under", "--download")
+    data = load_dataset(REMOTE_ID, download=True)
+    np.testing.assert_array_equal(data.observations, np.arange(8, dtype=np.float32).reshape(4, 2))
+    np.testing.assert_array_equal(data.terminals, [0, 0, 0, 1])
+    assert (remote / REMOTE_ID / "data" / "main_data.hdf5").is_file()
+    assert load_dataset(REMOTE_ID).size == 4  # now local
+
+
+def test_download_of_an_id_the_server_lacks_names_it_and_leaves_nothing(remote: Path) -> None:
+    assert_dataset_error(lambda: load_dataset("mirror/toy/other-v0", download=True),
+                         "downloading Minari dataset 'mirror/toy/other-v0' failed", "minari list remote")
+    assert not (remote / "mirror" / "toy" / "other-v0").exists()
+
+
+def test_a_failed_transfer_leaves_no_half_downloaded_dataset(remote: Path, monkeypatch) -> None:
+    def interrupted(self, repo_id, allow_patterns, repo_type, local_dir):
+        (Path(local_dir) / "toy" / "tiny-v0" / "data").mkdir(parents=True)
+        raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(LocalHub, "snapshot_download", interrupted)
+    assert_dataset_error(lambda: load_dataset(REMOTE_ID, download=True), "no connection to the Minari server",
+                         "ConnectionResetError", f"copy the dataset folder to {remote / REMOTE_ID}")
+    assert not (remote / REMOTE_ID).exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "connection"),
+    [
+        (ConnectionError("refused"), True),
+        (TimeoutError("timed out"), True),
+        (urllib.error.URLError("no route"), True),
+        (urllib.error.HTTPError("https://x", 404, "not found", None, None), False),
+        (ValueError("Couldn't find any version"), False),
+        (OSError(28, "No space left on device"), False),
+    ],
+)
+def test_connection_errors_are_told_from_other_failures(error: Exception, connection: bool) -> None:
+    assert is_connection_error(error) is connection
+    wrapped = RuntimeError("while listing")
+    wrapped.__cause__ = error
+    assert is_connection_error(wrapped) is connection
+
+
+class DictToyEnv(gym.Env):
+    """Dict observations of three Box entries; the dataset flattens a subset of them, by key."""
+
+    observation_space = gym.spaces.Dict({key: gym.spaces.Box(-1.0, 1.0, (n,)) for key, n in
+                                         (("a", 2), ("b", 3), ("c", 1))})
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,))
+
+
+@pytest.mark.parametrize(("keys", "fits"), [(("a", "b"), True), (("a", "c"), False), (("a", "z"), False)])
+def test_check_spaces_flattens_dict_observations_by_the_dataset_keys(keys, fits) -> None:
+    if "OffbenchDictToy-v0" not in gym.registry:
+        gym.register("OffbenchDictToy-v0", entry_point=DictToyEnv)
+    spec = dataclasses.replace(hand_spec(5, observation_keys=keys), env_id="OffbenchDictToy-v0")
+    if fits:
+        check_spaces(spec)
+    else:
+        expected = "observations without the keys" if "z" in keys else "has 3 observation dimensions"
+        assert_dataset_error(lambda: check_spaces(spec), "has 5 observation dimensions", expected)

@@ -349,11 +349,12 @@ def test_run_job_evaluates_chunks_open_loop(hopper_minari, monkeypatch):
         hparams=tuple(hparams.items()),
         final_k=1,
     )
-    evals, runs = run_job(job)
+    output = run_job(job)
+    evals, runs = output.evals, output.runs
     assert (evals["status"] == "ok").all() and evals["return_mean"].notna().all()
     assert set(shapes) == {(2, 2, 3, 3)}  # [seeds, episodes, h_a, act]: one call per 3 env steps
-    assert "metric_chunk_critic_loss" in evals.columns
-    assert runs["updates_per_second"].gt(0).all()
+    assert "chunk_critic_loss" in set(output.metrics["name"])
+    assert runs["updates_per_second_per_seed"].gt(0).all()
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from offbench.bench.evaluate import Episodes, Evaluator, reset_seeds
 from offbench.bench.train import (
     Job,
     init_states,
+    log_blocks,
     make_train_chunk,
     run_job,
     seed_keys,
@@ -109,7 +110,7 @@ def test_a_diverged_seed_does_not_affect_the_others(toy_dataset):
     poisoned_states, _, metrics, finite = make_train_chunk(algorithm, cfg, 6)(poisoned, keys, data, None)
     assert np.asarray(finite).tolist() == [False, True]
     assert np.asarray(clean_finite).tolist() == [True, True]
-    assert not np.isfinite(float(metrics["critic_loss"][0]))
+    assert not np.isfinite(float(metrics["critic_loss"][0, 0]))
     for a, b in zip(
         jax.tree.leaves(seed_slice(poisoned_states, 1)),
         jax.tree.leaves(seed_slice(clean_states, 1)),
@@ -156,9 +157,10 @@ def test_run_job_writes_tidy_rows(hopper_minari, tmp_path):
         hparams=tuple(SMALL.items()),
         final_k=2,
     )
-    evals, runs = run_job(job)
+    output = run_job(job)
+    evals, runs = output.evals, output.runs
     assert len(evals) == 4 and set(evals["step"]) == {20, 40}
-    assert list(evals.columns[: len(results.EVALS_SCHEMA)]) == results.EVALS_SCHEMA.names
+    assert list(evals.columns) == results.EVALS_SCHEMA.names  # one schema, whatever the algorithm
     assert (evals["status"] == "ok").all() and evals["normalized_score"].notna().all()
     assert list(runs.columns) == results.RUNS_SCHEMA.names
     assert runs["seed"].tolist() == [0, 1]
@@ -169,14 +171,63 @@ def test_run_job_writes_tidy_rows(hopper_minari, tmp_path):
         assert row["final_score"] == pytest.approx(100 * (row["final_return"] + 20.0) / 3020.0)
     assert runs["schema_version"].eq(results.SCHEMA_VERSION).all()
 
-    name = results.job_name("td3bc", "uniform", hopper_minari, runs["hparams_hash"].iloc[0])
-    results.write_job(tmp_path, name, evals, runs)
+    assert runs["job"].eq(output.identity.name).all() and evals["job_id"].eq(output.identity.job_id).all()
+    assert runs["dataset_transitions"].eq(load_dataset(hopper_minari).size).all()
+    assert runs[["eval_every", "eval_episodes", "final_k"]].drop_duplicates().values.tolist() == [[20, 2, 2]]
+    for table in (evals, runs, output.metrics):
+        assert table["dataset_fingerprint"].eq(output.identity.dataset_fingerprint).all()
+        assert table["code_version"].notna().all() and table["device"].str.startswith("cpu: ").all()
+
+    results.write_job(tmp_path, output.identity.name, output.frames)
     read_back = pd.read_parquet(tmp_path / "runs")
     assert read_back["final_return"].tolist() == runs["final_return"].tolist()
     assert not list(tmp_path.rglob("*.tmp-*"))
 
-    rerun_evals, _ = run_job(job)
-    np.testing.assert_allclose(rerun_evals["return_mean"], evals["return_mean"], rtol=1e-6)
+    rerun = run_job(job)
+    np.testing.assert_allclose(rerun.evals["return_mean"], evals["return_mean"], rtol=1e-6)
+    assert rerun.identity == output.identity
+
+
+def test_metrics_are_logged_every_n_updates_from_inside_the_scan(hopper_minari):
+    job = Job(
+        algorithm="td3bc",
+        dataset=hopper_minari,
+        seeds=(0, 1),
+        steps=50,
+        eval_every=25,
+        eval_episodes=1,
+        hparams=tuple(SMALL.items()),
+        final_k=1,
+        log_every=10,
+    )
+    metrics = run_job(job).metrics
+    assert list(metrics.columns) == results.METRICS_SCHEMA.names
+    # blocks of 10 updates within each evaluation interval of 25: 10, 20, 25, then 35, 45, 50
+    assert sorted(metrics["step"].unique()) == [10, 20, 25, 35, 45, 50]
+    assert set(metrics["name"]) == {"critic_loss", "actor_loss", "bc_loss", "q_mean"}
+    assert len(metrics) == 6 * 4 * 2  # steps x names x seeds
+    critic = metrics[metrics["name"] == "critic_loss"]
+    assert critic["value"].notna().all()
+
+
+def test_log_blocks_end_every_n_updates_and_at_the_chunk_end():
+    assert log_blocks(25, 10) == [10, 20, 25]
+    assert log_blocks(20, 10) == [10, 20]
+    assert log_blocks(5, 10) == [5]
+
+
+def test_chunk_metrics_are_block_means_of_the_per_update_values(toy_dataset):
+    algorithm = get_algorithm("bc")
+    cfg = algorithm.Config(hidden_dims=(8,), batch_size=8)
+    data = sampling.prepare(toy_dataset(64), cfg)
+    states = init_states(algorithm, data, cfg, seed_keys((0,))[0])
+    copy = jax.tree.map(lambda leaf: leaf.copy(), states)  # the chunk donates its inputs
+    _, _, each, _ = make_train_chunk(algorithm, cfg, 5, log_every=1)(copy, seed_keys((0,))[1], data, None)
+    _, _, blocks, _ = make_train_chunk(algorithm, cfg, 5, log_every=2)(states, seed_keys((0,))[1], data, None)
+    losses = np.asarray(each["bc_loss"])[:, 0]
+    assert losses.shape == (5,) and len(set(losses.tolist())) == 5
+    expected = [losses[0:2].mean(), losses[2:4].mean(), losses[4]]  # updates 1-2, 3-4, then 5 alone
+    np.testing.assert_allclose(np.asarray(blocks["bc_loss"])[:, 0], expected, rtol=1e-6)
 
 
 def test_run_job_records_divergence(hopper_minari):
@@ -191,10 +242,11 @@ def test_run_job_records_divergence(hopper_minari):
         final_k=1,
     )
     # BC ignores rewards, so it must not diverge from a reward scale...
-    _, runs = run_job(job)
+    runs = run_job(job).runs
     assert (runs["status"] == "ok").all()
     diverging = dataclasses.replace(job, algorithm="td3bc")
-    evals, runs = run_job(diverging)
+    output = run_job(diverging)
+    evals, runs = output.evals, output.runs
     assert (runs["status"] == "diverged").all()
     assert runs["diverged_step"].tolist() == [5, 5]
     assert runs["final_score"].isna().all()
@@ -283,7 +335,8 @@ class ScriptedEvaluator:
 def test_success_rates_reach_the_eval_and_run_rows(hopper_minari, monkeypatch, final_k, expected):
     monkeypatch.setattr(train_module, "Evaluator", ScriptedEvaluator)
     job = Job("bc", hopper_minari, seeds=(0, 1), steps=4, eval_every=2, eval_episodes=2, final_k=final_k)
-    evals, runs = run_job(job, dataset=load_dataset(hopper_minari))
+    output = run_job(job, dataset=load_dataset(hopper_minari))
+    evals, runs = output.evals, output.runs
     # seed 0: 1 of 2 episodes, then 0 of 2; seed 1: 2 of 2 both times
     assert evals.sort_values(["step", "seed"])["success_rate"].tolist() == [0.5, 1.0, 0.0, 1.0]
     assert runs["final_success_rate"].tolist() == expected
@@ -292,7 +345,8 @@ def test_success_rates_reach_the_eval_and_run_rows(hopper_minari, monkeypatch, f
 
 def test_no_success_signal_gives_nan_rates(hopper_minari):
     job = Job("bc", hopper_minari, seeds=(0,), steps=2, eval_every=1, eval_episodes=1, final_k=2)
-    evals, runs = run_job(job, dataset=load_dataset(hopper_minari))
+    output = run_job(job, dataset=load_dataset(hopper_minari))
+    evals, runs = output.evals, output.runs
     assert evals["success_rate"].isna().all() and runs["final_success_rate"].isna().all()
     assert evals["return_mean"].notna().all()
 

@@ -307,6 +307,16 @@ def test_compute_quality_round_trips_through_read_quality(family, tmp_path, monk
     assert catalog.read_quality(str(tmp_path / "somewhere.hdf5")) is None
     assert not list(root.rglob("*.tmp-*"))
 
+    # A generation killed after moving a dataset into place leaves it without its metrics: the next sweep
+    # (or `datasets info`) completes them, equal to what the generation would have written.
+    expert = catalog.dataset_id("hopper", "expert")
+    catalog.quality_path(expert).unlink()
+    from offbench.bench.sweep import ensure_datasets
+
+    ensure_datasets([expert], [expert])
+    assert catalog.read_quality(expert) == json.loads(json.dumps(tables[expert]))
+    assert catalog.complete_quality(expert) is False  # nothing left to complete
+
 
 # --------------------------------------------------------------------------------------------------
 # Bad input: a clear error and nothing half-written
@@ -454,7 +464,19 @@ def test_cli_generates_lists_and_prints_quality(policies_dir, root, monkeypatch)
     assert float(lines["saco"]) == pytest.approx(stored[expert]["saco"])
 
     again = runner.invoke(app, ["datasets", "generate", "--env", "hopper", "--size", "2000"])
-    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert again.exit_code == 2 and "--overwrite" in again.output and "--missing-only" in again.output
+    # --missing-only fills in what is missing, built from the stored bases: the same arrays as before.
+    medium_expert = catalog.dataset_id("hopper", "medium-expert")
+    before = episodes_of(medium_expert)
+    shutil.rmtree(root / medium_expert)
+    missing_only = ["datasets", "generate", "--env", "hopper", "--size", "2000", "--missing-only"]
+    filled = runner.invoke(app, missing_only)
+    assert filled.exit_code == 0 and "hopper: 1 datasets written" in filled.output, filled.output
+    for old, new in zip(before, episodes_of(medium_expert), strict=True):
+        assert all(np.array_equal(old[key], new[key]) for key in KEYS)
+    assert catalog.read_quality(medium_expert) == stored[medium_expert]
+    nothing = runner.invoke(app, missing_only)
+    assert nothing.exit_code == 0 and "every dataset already exists" in nothing.output
     for args, message in ((["--env", "hoper"], "Did you mean 'hopper'"), (["--size", "0"], "positive")):
         bad = runner.invoke(app, ["datasets", "generate", *args])
         assert bad.exit_code == 2 and message in " ".join(bad.output.split()), bad.output

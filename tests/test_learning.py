@@ -39,7 +39,7 @@ def test_bc_recovers_the_expert_return_on_inverted_pendulum(minari_root):
         eval_episodes=5,
         final_k=1,
     )
-    _, runs = run_job(job)
+    runs = run_job(job).runs
     assert (runs["final_return"] >= 0.9 * expert_return).all(), runs["final_return"].tolist()
 
 
@@ -68,7 +68,7 @@ def test_aw_sampler_beats_uniform_for_td3bc_on_random_expert_5pct():
             hparams=(("sampler", sampler),),
             final_k=2,
         )
-        _, runs = run_job(job)
+        runs = run_job(job).runs
         scores[sampler] = runs.sort_values("seed")["final_score"].to_numpy()
     difference = stats.difference_interval(scores["aw"][:, None], scores["uniform"][:, None])
     write_figures(
@@ -96,7 +96,7 @@ def test_bc_on_generated_hopper_expert_data_recovers_the_expert():
         eval_episodes=10,
         final_k=1,
     )
-    _, runs = run_job(job)
+    runs = run_job(job).runs
     scores = runs.sort_values("seed")["final_score"].to_numpy()
     write_figures(
         "bc_hopper_expert", {"dataset": dataset, "steps": 10_000, "final_score_per_seed": scores.tolist()}

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from offbench.bench import sweep as sweep_module
 from offbench.bench.cli import app
 from offbench.bench.evaluate import Evaluator
 from offbench.bench.suite import Suite, SuiteError, parse_suite
 from offbench.bench.sweep import plan, sweep
-from offbench.bench.train import job_name
 from offbench.datasets.dataset import DatasetError
 from offbench.datasets.generate import catalog, ogbench_play
 from offbench.datasets.sources import import_ogbench, load_dataset, make_env
@@ -286,8 +286,7 @@ def test_suites_run_ogbench_names_and_npz_files_with_success_rates(ogbench_dir, 
     write_npz(npz)
     suite = ogbench_suite("cube-single-play-singletask-task1-v0", str(npz))
     out = tmp_path / "out"
-    todo, done = plan(suite, out)
-    names = sorted(job_name(job) for job in todo)
+    names = sorted(planned.identity.name for planned in plan(suite, out).todo)
     assert [name.split("__")[1] for name in names] == [
         "cube-single-play-singletask-task1-v0",
         "cube-single-play-singletask-task2-v0_npz",
@@ -305,9 +304,11 @@ def test_suites_run_ogbench_names_and_npz_files_with_success_rates(ogbench_dir, 
 def test_suites_generate_offbench_ogbench_ids_on_demand(minari_root, tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(catalog, "generate", lambda identifier: asked.append(identifier) or [identifier])
+    monkeypatch.setattr(sweep_module, "inspect_dataset", lambda *args: ("not generated", None))
+    monkeypatch.setattr(sweep_module, "state_bytes", lambda job, spec: 0)
     identifier = "offbench/ogbench/cube-single-play-singletask-task3-v0"
-    todo, _ = plan(ogbench_suite(identifier), tmp_path / "out")
-    assert asked == [identifier] and [job.dataset for job in todo] == [identifier]
+    todo = plan(ogbench_suite(identifier), tmp_path / "out").todo
+    assert asked == [identifier] and [planned.job.dataset for planned in todo] == [identifier]
 
 
 def test_suite_ogbench_datasets_are_checked_before_training(ogbench_dir, minari_root, tmp_path, monkeypatch):
@@ -328,8 +329,9 @@ def test_suite_ogbench_datasets_are_checked_before_training(ogbench_dir, minari_
     for path in same_name:
         path.parent.mkdir()
         write_npz(path)
-    with pytest.raises(SuiteError, match="give the same job name.*Rename one of the files"):
-        plan(ogbench_suite(*map(str, same_name)), out)
+    # Files of one name in two folders are two jobs: the job identity covers the path.
+    names = {p.identity.name for p in plan(ogbench_suite(*map(str, same_name)), out).todo}
+    assert len(names) == 2 and all("cube-single-play-singletask-task1-v0_npz" in name for name in names)
     assert not out.exists()
 
     fetched = []
@@ -339,5 +341,5 @@ def test_suite_ogbench_datasets_are_checked_before_training(ogbench_dir, minari_
         write_npz(Path(dataset_dir) / f"{names[0]}.npz")
 
     monkeypatch.setattr(ogbench, "download_datasets", fake_download)
-    todo, _ = plan(ogbench_suite("cube-single-play-singletask-task4-v0"), out, download=True)
+    todo = plan(ogbench_suite("cube-single-play-singletask-task4-v0"), out, download=True).todo
     assert fetched == [(["cube-single-play-v0"], str(ogbench_dir))] and len(todo) == 1

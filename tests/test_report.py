@@ -94,6 +94,8 @@ def write_results(out: Path, runs: pd.DataFrame, evals: pd.DataFrame) -> None:
         name = f"{algorithm}-{sampler}__{dataset}"
         job_evals = evals[(evals["algorithm"] == algorithm) & (evals["sampler"] == sampler)]
         job_evals = job_evals[job_evals["dataset"] == dataset]
+        # Columns the rows leave out (job identity, provenance) are null, as the schema allows.
+        job_evals = job_evals.reindex(columns=results.EVALS_SCHEMA.names)
         results.write_atomic(
             results.to_table(job_evals, results.EVALS_SCHEMA), out / "evals" / f"{name}.parquet"
         )

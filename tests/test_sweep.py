@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,9 +21,8 @@ TIMING_COLUMNS = {
     "train_seconds",
     "compile_seconds",
     "eval_seconds",
-    "updates_per_second",
-    "timestamp",
-    "git_sha",
+    "updates_per_second_per_seed",
+    "written_at",
 }
 
 
@@ -34,7 +34,7 @@ seeds = "0-1"
 steps = {steps}
 eval_every = 20
 eval_episodes = 1
-final_k = 2
+final_k = {1 if steps < 40 else 2}
 
 [[algorithms]]
 name = "td3bc"
@@ -59,13 +59,47 @@ def test_builtin_suites_parse():
         (lambda s: s.replace('seeds = "0-1"', 'seeds = "one"'), "cannot parse 'one'"),
         (lambda s: s + 'samplers = ["fancy"]\n', "unknown sampler 'fancy'"),
         (lambda s: s.replace("eval_every = 20", "eval_every = 0"), "eval_every must be a positive integer"),
+        (lambda s: s.replace("eval_every = 20", "eval_every = 80"), "eval_every=80 is larger than steps=60"),
+        (lambda s: s.replace("final_k = 2", "final_k = 4"), "final_k=4 is more than the 3 evaluation(s)"),
+        (lambda s: s.replace("steps = 60", "steps = 60.0"), "steps must be a positive integer, got 60.0"),
+        (lambda s: s.replace("eval_episodes = 1", "eval_episodes = true"), "eval_episodes must be a"),
+        (lambda s: s.replace('seeds = "0-1"', "seeds = [0, -1]"), "seeds must be a string like '0-4'"),
+        (lambda s: s.replace('datasets = ["x/y-v0"]', "datasets = []"), "datasets must be a string or a"),
+        (lambda s: s.replace('datasets = ["x/y-v0"]', 'datasets = ["x/y-v0", 3]'), "got ['x/y-v0', 3]"),
+        (lambda s: s.replace('name = "tiny"', "name = 7"), 'name must be a string in quotes, e.g. name ='),
+        (lambda s: s.replace('name = "tiny"', 'name = "a/b"'), "name 'a/b' names the results folder"),
+        (lambda s: s.split("[[algorithms]]")[0] + "algorithms = 3\n", "not algorithms = 3"),
+        (lambda s: s.replace('name = "td3bc"', "name = 1"), "name must be an algorithm name in quotes"),
+        (lambda s: s + "samplers = 3\n", "samplers must be a string or a non-empty list of strings"),
+        (lambda s: s + "samplers = []\n", "samplers must be a string or a non-empty list of strings"),
+        (lambda s: s + 'samplers = ["aw", "aw"]\n', "samplers lists 'aw' more than once"),
+        (lambda s: s + 'samplers = "fancy"\n', "unknown sampler 'fancy'"),
+        (lambda s: s + "grid = 3\n", "'grid' must be a table of name = value, e.g. grid = { alpha = [2.5"),
+        (lambda s: s + "grid = { alpha = 2.5 }\n", "grid.alpha must be a non-empty list of the values"),
+        (lambda s: s + "grid = { alpha = [] }\n", "grid.alpha must be a non-empty list of the values to try"),
+        (lambda s: s.replace("batch_size = 32", "batch_size = 0"), "td3bc: batch_size=0 is out of range"),
+        (lambda s: s.replace("batch_size = 32", "batch_size = true"), "batch_size=True is not a valid int"),
+        (lambda s: s.replace("[16, 16]", "[16, 0]"), "hidden_dims=(16, 0) is out of range"),
+        (lambda s: s + "grid = { alpha = [2.5, nan] }\n", "td3bc: alpha=nan is out of range"),
+        (lambda s: s + "grid = { discount = [0.99, 1.5] }\n", "discount=1.5 is out of range"),
+        (lambda s: s + "grid = { actor_lr = [-1e-3] }\n", "actor_lr=-0.001 is out of range"),
+        (lambda s: s.replace('name = "td3bc"', 'label = "x"'), "each [[algorithms]] table needs a 'name'"),
     ],
 )
 def test_bad_suites_are_refused_with_clear_errors(mutate, message):
     import tomllib
 
-    with pytest.raises(SuiteError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SuiteError, match=re.escape(message)) as error:
         parse_suite(tomllib.loads(mutate(suite_toml("x/y-v0"))))
+    assert "\n" not in str(error.value)
+
+
+def test_a_single_string_is_a_list_of_one():
+    import tomllib
+
+    raw = suite_toml("x/y-v0", extra='samplers = "aw"')
+    suite = parse_suite(tomllib.loads(raw.replace('datasets = ["x/y-v0"]', 'datasets = "x/y-v0"')))
+    assert suite.datasets == ("x/y-v0",) and suite.algorithms[0].samplers == ("aw",)
 
 
 def test_grid_expands_into_jobs_with_seeds_inside():
@@ -184,10 +218,10 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(hopper_minari, tmp_path
     )
     original = sweep_module.run_and_write
 
-    def flaky(job, out, **kwargs):
-        if dict(job.hparams)["alpha"] == 1.0:
+    def flaky(planned, out, **kwargs):
+        if dict(planned.job.hparams)["alpha"] == 1.0:
             raise RuntimeError("simulated crash")
-        return original(job, out, **kwargs)
+        return original(planned, out, **kwargs)
 
     monkeypatch.setattr(sweep_module, "run_and_write", flaky)
     summary = sweep(suite, tmp_path)
@@ -266,7 +300,7 @@ def test_bad_labels_are_refused(entries, message):
 def test_two_entries_asking_for_one_job_are_refused():
     import tomllib
 
-    from offbench.bench.sweep import check_distinct_names
+    from offbench.bench.sweep import check_distinct_jobs
 
     # alpha = 2.5 is TD3+BC's default: both entries resolve to the same configuration, hence one file.
     extra = """
@@ -277,16 +311,16 @@ hparams = { hidden_dims = [16, 16], batch_size = 32, alpha = 2.5 }
 """
     suite = parse_suite(tomllib.loads(suite_toml("x/y-v0", extra=extra)))
     with pytest.raises(SuiteError, match=r"ask for the same job.*'td3bc' and 'td3bc-default-alpha'"):
-        check_distinct_names(suite.jobs(["x/y-v0"]))
+        check_distinct_jobs(suite.jobs(["x/y-v0"]))
 
 
 def test_dqc_ablation_suite_has_one_labelled_job_per_variant_and_dataset():
-    from offbench.bench.sweep import check_distinct_names
+    from offbench.bench.sweep import check_distinct_jobs
     from offbench.bench.train import resolve
 
     suite = load_suite("dqc-ablation")
     jobs = suite.jobs(suite.datasets)
-    check_distinct_names(jobs)
+    check_distinct_jobs(jobs)
     assert sorted((job.label, job.dataset) for job in jobs) == sorted(
         (label, dataset)
         for label in ("dqc", "dqc-qc", "dqc-os")

@@ -109,6 +109,11 @@ def exists(identifier: str) -> bool:
     return (minari_datasets_path() / identifier / "data" / "metadata.json").exists()
 
 
+def missing_kinds(env: str) -> tuple[str, ...]:
+    """The kinds of ``env`` with no complete dataset yet, in catalog order (``--missing-only``)."""
+    return tuple(k for k in KINDS if not exists(dataset_id(env, k)))
+
+
 def dependencies(kind: str) -> tuple[str, ...]:
     """The base kinds a kind is built from (empty for a base kind)."""
     if kind in BASE_KINDS:
@@ -376,7 +381,8 @@ def describe(env: str, kind: str, size: int, seed: int, policies: Policies, refs
 # Writing
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a stale staging folder's owner does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -393,7 +399,7 @@ def remove_stale_staging(root: Path | None = None) -> None:
         return
     for folder in root.glob(f"{STAGING_PREFIX}*"):
         suffix = folder.name[len(STAGING_PREFIX) :]
-        if suffix.isdigit() and int(suffix) != os.getpid() and not _pid_alive(int(suffix)):
+        if suffix.isdigit() and int(suffix) != os.getpid() and not pid_alive(int(suffix)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -485,7 +491,8 @@ def plan_generation(
     if present and not overwrite:
         raise DatasetError(
             f"{len(present)} dataset(s) already exist under {minari_datasets_path()}: {', '.join(present)}. "
-            "Pass --overwrite (overwrite=True) to replace them, or delete them first."
+            "Pass --missing-only to keep them and generate the missing ones, --overwrite (overwrite=True) to "
+            "replace them, or delete them first."
         )
     requested = set(kinds)
     missing_bases = {
@@ -703,6 +710,18 @@ def compute_quality(
         os.replace(temporary, path)
         tables[identifier] = table
     return tables
+
+
+def complete_quality(identifier: str) -> bool:
+    """Compute the quality metrics of a generated locomotion dataset that lacks them (a generation killed
+    between moving the dataset into place and writing them). Returns whether they were written now; a
+    dataset without its SACo reference (the environment's medium-replay set) stays without them."""
+    match = ID_PATTERN.match(identifier)
+    if not match or match.group(1) not in ENVS or match.group(2) not in KINDS:
+        return False  # not a locomotion dataset offbench generates
+    if not exists(identifier) or read_quality(identifier) is not None:
+        return False
+    return identifier in compute_quality(match.group(1), [identifier])
 
 
 def update_quality(
