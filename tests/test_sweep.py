@@ -1,13 +1,9 @@
-"""Suites and sweeps: validation before training, resume after SIGKILL, failures recorded."""
+"""Suites and sweeps: validation before training, failures recorded, Ray and local executors (resume
+after SIGKILL: test_faults.py)."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -157,55 +153,9 @@ def test_incompatible_schema_version_is_refused(hopper_minari, tmp_path):
         plan(parse_suite(tomllib.loads(suite_toml(hopper_minari))), out)
 
 
-def run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "offbench.bench.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def comparable(frame: pd.DataFrame) -> pd.DataFrame:
     columns = [c for c in frame.columns if c not in TIMING_COLUMNS]
     return frame[columns].sort_values(["seed", *(["step"] if "step" in frame else [])]).reset_index(drop=True)
-
-
-def test_sigkill_mid_job_then_rerun_gives_the_uninterrupted_rows(hopper_minari, minari_root, tmp_path):
-    suite_file = tmp_path / "tiny.toml"
-    suite_file.write_text(suite_toml(hopper_minari, steps=100))
-    env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root)}
-
-    reference = tmp_path / "reference"
-    finished = run_cli(["sweep", str(suite_file), "--out", str(reference)], env)
-    assert finished.wait(timeout=600) == 0, finished.stdout.read()
-
-    interrupted = tmp_path / "interrupted"
-    process = run_cli(["sweep", str(suite_file), "--out", str(interrupted)], env)
-    deadline = time.time() + 600
-    while not list(interrupted.glob("checkpoints/*/progress.json")):
-        assert process.poll() is None, process.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not list((interrupted / "runs").glob("*.parquet")) if (interrupted / "runs").exists() else True
-
-    resumed = run_cli(["sweep", str(suite_file), "--out", str(interrupted)], env)
-    output = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0, output
-    for table in ("evals", "runs"):
-        expected = comparable(pd.read_parquet(reference / table))
-        actual = comparable(pd.read_parquet(interrupted / table))
-        pd.testing.assert_frame_equal(actual, expected)
-    assert not list(interrupted.rglob("*.tmp-*"))
-    assert not (interrupted / "checkpoints").exists() or not any((interrupted / "checkpoints").iterdir())
-
-    again = run_cli(["sweep", str(suite_file), "--out", str(interrupted)], env)
-    output = again.communicate(timeout=600)[0]
-    assert "1 already finished" in " ".join(output.split())
-    assert len(pd.read_parquet(interrupted / "runs")) == 2  # no duplicates
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(hopper_minari, tmp_path, monkeypatch):
