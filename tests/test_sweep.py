@@ -264,6 +264,25 @@ hparams = { hidden_dims = [16, 16], batch_size = 32, alpha = 2.5 }
         check_distinct_jobs(suite.jobs(["x/y-v0"]))
 
 
+def test_two_entries_for_one_job_are_refused_before_any_dataset_is_generated(tmp_path, monkeypatch):
+    import tomllib
+
+    from offbench.datasets.generate import catalog
+
+    generated = []
+    monkeypatch.setattr(catalog, "generate", lambda identifier: generated.append(identifier) or [identifier])
+    extra = """
+[[algorithms]]
+name = "td3bc"
+label = "td3bc-again"
+hparams = { hidden_dims = [16, 16], batch_size = 32 }
+"""
+    suite = parse_suite(tomllib.loads(suite_toml("offbench/walker2d/expert-v0", extra=extra)))
+    with pytest.raises(SuiteError, match="ask for the same job"):
+        plan(suite, tmp_path / "out")
+    assert generated == [] and not (tmp_path / "out").exists()
+
+
 def test_dqc_ablation_suite_has_one_labelled_job_per_variant_and_dataset():
     from offbench.bench.sweep import check_distinct_jobs
     from offbench.bench.train import resolve
