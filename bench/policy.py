@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from offbench.datasets.dataset import DatasetSpec
+from offbench.datasets.dataset import DatasetSpec, spec_from_dict
 
 POLICY_FILE = "policy.json"
 PARAMS_DIR = "params"
@@ -131,7 +131,7 @@ def read_policy(directory: str | Path) -> SavedPolicy:
         ) from error
     algorithm = get_algorithm(record["algorithm"])
     cfg = algorithm.Config(**{name: _tuples(value) for name, value in record["config"].items()})
-    spec = DatasetSpec(**{name: _tuples(value) for name, value in record["spec"].items()})  # JSON lists
+    spec = spec_from_dict(record["spec"])
     abstract = abstract_states(algorithm, cfg, spec, len(record["seeds"]))
     try:
         states = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR, abstract)

@@ -58,6 +58,11 @@ class DatasetSpec:
         return 100.0 * (np.asarray(returns) - self.ref_min_score) / (self.ref_max_score - self.ref_min_score)
 
 
+def spec_from_dict(values: dict) -> DatasetSpec:
+    """A spec from ``dataclasses.asdict``'s dict after a JSON round trip (lists back to tuples)."""
+    return DatasetSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
 @flax.struct.dataclass
 class EpisodeTable:
     start: np.ndarray  # [E] index of the episode's first transition

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offbench.datasets.dataset import Dataset, DatasetSpec
+from offbench.datasets.dataset import Dataset, DatasetSpec, spec_from_dict
 
 # Bump when the digest covers something new: cached fingerprints of another version are recomputed.
 FINGERPRINT_VERSION = 1
@@ -93,10 +93,6 @@ def _read_cache(path: Path) -> dict:
         return {}
 
 
-def _spec_from_json(values: dict) -> DatasetSpec:
-    return DatasetSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
 def describe(
     name: str, *, env_id: str | None = None, dataset: Dataset | None = None
 ) -> tuple[str, DatasetSpec]:
@@ -108,7 +104,7 @@ def describe(
     stats = _stats(files) if files else None
     entry = _read_cache(path).get(key) if stats else None
     if entry and entry.get("files") == stats and "spec" in entry:
-        return entry["fingerprint"], _spec_from_json(entry["spec"])
+        return entry["fingerprint"], spec_from_dict(entry["spec"])
     if dataset is None:
         from offbench.datasets.sources import load_dataset
 
