@@ -133,13 +133,17 @@ def _failures(failures_dir: Path) -> pd.DataFrame:
     for path in sorted(failures_dir.glob("*.json")):
         try:
             job = json.loads(path.read_text())["job"]
-            seeds = len(job["seeds"])
-            algorithm = job["algorithm"]
-            sampler = dict(job.get("hparams") or []).get("sampler", "uniform")
+            keys, seeds = results.failure_keys(job), len(job["seeds"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ReportError(f"cannot read the failure record {path}: {error}") from error
-        label = job.get("label") or algorithm  # records written before labels have none
-        rows.append({"algorithm": algorithm, "label": label, "sampler": sampler, "seeds": seeds})
+        rows.append(
+            {
+                "algorithm": keys["algorithm"],
+                "label": keys["label"],
+                "sampler": keys["sampler"],
+                "seeds": seeds,
+            }
+        )
     return pd.DataFrame(rows, columns=["algorithm", "label", "sampler", "seeds"])
 
 

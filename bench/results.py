@@ -414,6 +414,18 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
+def failure_keys(job: dict[str, Any]) -> dict[str, Any]:
+    """The keys of the job a ``failures/<job>.json`` record holds (``dataclasses.asdict`` of a Job): its
+    suite, algorithm, label (the algorithm's in records written before labels) and sampler."""
+    return {
+        "suite": job.get("suite"),
+        "algorithm": job["algorithm"],
+        "label": job.get("label") or job["algorithm"],
+        "sampler": dict(job.get("hparams") or []).get("sampler", "uniform"),
+        "dataset": job["dataset"],
+    }
+
+
 def table_path(out_dir: Path, table: str, name: str) -> Path:
     return out_dir / table / f"{name}.parquet"
 

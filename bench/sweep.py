@@ -378,13 +378,7 @@ def failure_records(out: Path) -> dict[str, dict[str, Any]]:
     found = {}
     for path in sorted((out / "failures").glob("*.json")):
         try:
-            job = json.loads(path.read_text())["job"]
-            keys = {
-                "suite": job["suite"],
-                "label": job.get("label") or job["algorithm"],
-                "dataset": job["dataset"],
-            }
-            keys["sampler"] = dict(job.get("hparams") or []).get("sampler", "uniform")
+            keys = results.failure_keys(json.loads(path.read_text())["job"])
         except (OSError, ValueError, KeyError, TypeError):
             keys = {}
         found[path.stem] = keys
