@@ -18,6 +18,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from offbench.hints import suggest
+
 REGISTRY: dict[str, str] = {
     "bc": "offbench.algorithms.bc",
     "td3bc": "offbench.algorithms.td3bc",
@@ -69,8 +71,6 @@ class UnknownAlgorithmError(ValueError):
 
 def get_algorithm(name: str) -> Algorithm:
     if name not in REGISTRY:
-        from offbench.datasets.dataset import suggest
-
         raise UnknownAlgorithmError(
             f"unknown algorithm {name!r}.{suggest(name, list(REGISTRY))} "
             f"Available: {', '.join(sorted(REGISTRY))}."

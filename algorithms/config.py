@@ -19,6 +19,8 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from offbench.hints import suggest
+
 RewardNormalization = Literal["none", "return_range"]
 RANGE = "range"
 
@@ -170,8 +172,6 @@ def resolve_config(
     fields = config_fields(config_type)
     for key, value in (user_overrides or {}).items():
         if key not in fields:
-            from offbench.datasets.dataset import suggest
-
             raise ValueError(
                 f"{config_type.__module__.rsplit('.', 1)[-1]} has no hyper-parameter {key!r}."
                 f"{suggest(key, list(fields))} Known: {', '.join(sorted(fields))}."

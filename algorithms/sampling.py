@@ -38,6 +38,7 @@ import numpy as np
 
 from offbench.algorithms.config import BaseConfig
 from offbench.datasets.dataset import Dataset
+from offbench.hints import suggest
 
 SAMPLERS = ("uniform", "rw", "aw", "topk")
 
@@ -109,8 +110,6 @@ def reward_transform(dataset: Dataset, cfg: BaseConfig) -> tuple[float, float]:
 def check_sampler(cfg: BaseConfig) -> None:
     """Refuse an unknown sampler name or a setting outside its domain, naming the fix."""
     if cfg.sampler not in SAMPLERS:
-        from offbench.datasets.dataset import suggest
-
         # Case-folded, so the harness's spellings ("RW", "AW", "Top") find their match.
         raise ValueError(
             f"unknown sampler {cfg.sampler!r}.{suggest(cfg.sampler.lower(), SAMPLERS)} "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -30,22 +29,12 @@ console = Console(stderr=True)
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     """'0-4' -> (0,1,2,3,4); '0,2,5' -> (0,2,5); '3' -> (3,). Ranges and lists may be mixed."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not match:
-            raise typer.BadParameter(
-                f"cannot parse {text!r}: use a range '0-4', a list '0,2,5' or a single seed '3' "
-                "(non-negative integers)."
-            )
-        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-        if high < low:
-            raise typer.BadParameter(f"empty seed range {part!r}: write the smaller seed first, e.g. '0-4'.")
-        seeds.extend(range(low, high + 1))
-    if len(set(seeds)) != len(seeds):
-        raise typer.BadParameter(f"seeds {text!r} repeat a seed.")
-    return tuple(seeds)
+    from offbench.bench.suite import seed_list
+
+    try:
+        return seed_list(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
 
 
 def parse_hparams(items: list[str]) -> tuple[tuple[str, str], ...]:
@@ -458,8 +447,9 @@ def datasets_generate(
 ) -> None:
     """Generate offbench/<env>/* datasets from the committed behaviour policies, and OGBench play data
     (offbench/ogbench/*) from OGBench's scripted oracle (no internet)."""
-    from offbench.datasets.dataset import DatasetError, suggest
+    from offbench.datasets.dataset import DatasetError
     from offbench.datasets.generate import catalog, ogbench_play
+    from offbench.hints import suggest
 
     envs = env or list(catalog.ENVS)
     known = [*catalog.ENVS, *ogbench_play.CLI_ENVS]

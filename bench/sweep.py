@@ -25,8 +25,9 @@ from typing import Any
 from offbench.bench import provenance, results
 from offbench.bench.suite import Suite, SuiteError, expand_datasets
 from offbench.bench.train import ChunkReport, Job, JobIdentity, identify, resolve, run_job, state_bytes
-from offbench.datasets.dataset import Dataset, DatasetError, DatasetSpec, suggest
+from offbench.datasets.dataset import Dataset, DatasetError, DatasetSpec
 from offbench.datasets.sources import OGBENCH_NAME, import_ogbench, ogbench_data_dir, resolve_ogbench_name
+from offbench.hints import suggest
 
 
 @dataclasses.dataclass

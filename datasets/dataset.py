@@ -13,9 +13,8 @@ Semantics (the whole suite relies on them):
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import flax.struct
 import jax
@@ -288,9 +287,3 @@ def from_episodes(spec: DatasetSpec, episodes: Iterable[dict[str, np.ndarray]]) 
         )
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     return build_dataset(spec, **arrays)
-
-
-def suggest(name: str, candidates: Sequence[str], n: int = 3) -> str:
-    """A ' Did you mean ...?' hint, or an empty string."""
-    close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

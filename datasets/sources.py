@@ -29,8 +29,8 @@ from offbench.datasets.dataset import (
     DatasetSpec,
     build_dataset,
     from_episodes,
-    suggest,
 )
+from offbench.hints import suggest
 
 # D4RL's reference returns (d4rl/infos.py, identical for v0-v2). They belong to the old mujoco-py
 # environments, so on Gymnasium v5 they are approximate; the source string says so.

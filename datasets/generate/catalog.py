@@ -52,9 +52,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from offbench.datasets.dataset import DatasetError, suggest
+from offbench.datasets.dataset import DatasetError
 from offbench.datasets.generate.rollout import Episode, collect_episodes, write_minari
 from offbench.datasets.sources import minari_datasets_path
+from offbench.hints import suggest
 
 ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 ACTION_DIMS = {"hopper": 3, "halfcheetah": 6, "walker2d": 6}
