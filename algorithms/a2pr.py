@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from offbench.algorithms import td3
+from offbench.algorithms import optim, td3
 from offbench.algorithms.config import bounded
 from offbench.algorithms.nets import (
     MLP,
@@ -141,10 +141,10 @@ def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
         critic_target=critic_params,
         value=value_params,
         vae=vae_params,
-        actor_opt=optax.adam(cfg.actor_lr).init(actor_params),
-        critic_opt=optax.adam(cfg.critic_lr).init(critic_params),
-        value_opt=optax.adam(cfg.value_lr).init(value_params),
-        vae_opt=optax.adam(cfg.vae_lr).init(vae_params),
+        actor_opt=optim.adam(cfg.actor_lr).init(actor_params),
+        critic_opt=optim.adam(cfg.critic_lr).init(critic_params),
+        value_opt=optim.adam(cfg.value_lr).init(value_params),
+        vae_opt=optim.adam(cfg.vae_lr).init(vae_params),
         step=jnp.zeros((), jnp.int32),
         action_dim=spec.action_dim,
         max_action=max_action,
@@ -223,12 +223,12 @@ def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[Sta
     grads, value_info = jax.grad(value_loss, has_aux=True)(
         state.value, state, batch, next_actions, target, cfg
     )
-    updates, value_opt = optax.adam(cfg.value_lr).update(grads, state.value_opt)
-    state = state.replace(value=optax.apply_updates(state.value, updates), value_opt=value_opt)
+    value_params, value_opt = optim.step(optim.adam(cfg.value_lr), state.value, grads, state.value_opt)
+    state = state.replace(value=value_params, value_opt=value_opt)
 
     grads, vae_info = jax.grad(vae_loss, has_aux=True)(state.vae, state, batch, v, vae_key, cfg)
-    updates, vae_opt = optax.adam(cfg.vae_lr).update(grads, state.vae_opt)
-    state = state.replace(vae=optax.apply_updates(state.vae, updates), vae_opt=vae_opt)
+    vae_params, vae_opt = optim.step(optim.adam(cfg.vae_lr), state.vae, grads, state.vae_opt)
+    state = state.replace(vae=vae_params, vae_opt=vae_opt)
 
     state, actor_info = td3.delayed_actor_step(
         state, lambda actor_params, state: actor_loss(actor_params, state, batch, v, actor_key, cfg), cfg

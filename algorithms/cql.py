@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from offbench.algorithms import optim
 from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import polyak, sample_tanh_gaussian
 from offbench.algorithms.sampling import Batch
@@ -156,9 +157,9 @@ def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
         critic=critic_params,
         critic_target=critic_params,
         log_alpha=log_alpha,
-        policy_opt=optax.adam(cfg.policy_lr).init(policy_params),
-        critic_opt=optax.adam(cfg.qf_lr).init(critic_params),
-        alpha_opt=optax.adam(cfg.policy_lr).init(log_alpha),
+        policy_opt=optim.adam(cfg.policy_lr).init(policy_params),
+        critic_opt=optim.adam(cfg.qf_lr).init(critic_params),
+        alpha_opt=optim.adam(cfg.policy_lr).init(log_alpha),
         step=jnp.zeros((), jnp.int32),
         action_dim=spec.action_dim,
         max_action=float(max(spec.action_high)),
@@ -310,12 +311,13 @@ def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[Sta
     critic_grads, critic_info = jax.grad(critic_loss, has_aux=True)(state.critic, state, batch, samples, cfg)
     alpha = jnp.exp(state.log_alpha)  # the value every loss above used
 
-    updates, policy_opt = optax.adam(cfg.policy_lr).update(policy_grads, state.policy_opt)
-    policy_params = optax.apply_updates(state.policy, updates)
-    updates, alpha_opt = optax.adam(cfg.policy_lr).update(alpha_grad, state.alpha_opt)
-    log_alpha = optax.apply_updates(state.log_alpha, updates)
-    updates, critic_opt = optax.adam(cfg.qf_lr).update(critic_grads, state.critic_opt)
-    critic_params = optax.apply_updates(state.critic, updates)
+    policy_params, policy_opt = optim.step(
+        optim.adam(cfg.policy_lr), state.policy, policy_grads, state.policy_opt
+    )
+    log_alpha, alpha_opt = optim.step(optim.adam(cfg.policy_lr), state.log_alpha, alpha_grad, state.alpha_opt)
+    critic_params, critic_opt = optim.step(
+        optim.adam(cfg.qf_lr), state.critic, critic_grads, state.critic_opt
+    )
     state = state.replace(
         policy=policy_params,
         policy_opt=policy_opt,

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from offbench.algorithms import optim
 from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import MLP, CriticEnsemble, ValueNetwork, polyak
 from offbench.algorithms.sampling import ChunkBatch
@@ -168,10 +169,6 @@ def value_network(cfg: Config) -> ValueNetwork:
     return ValueNetwork(cfg.hidden_dims, **MLP_STYLE)
 
 
-def optimizer(cfg: Config) -> optax.GradientTransformation:
-    return optax.adam(cfg.lr)
-
-
 def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
     spec = dataset.spec
     nets = networks(cfg, spec.action_dim)
@@ -189,7 +186,7 @@ def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
     return State(
         params=params,
         critic_target=params["critic"],
-        opt=optimizer(cfg).init(params),
+        opt=optim.adam(cfg.lr).init(params),
         step=jnp.zeros((), jnp.int32),
         action_dim=spec.action_dim,
         action_low=tuple(float(x) for x in spec.action_low),
@@ -274,8 +271,7 @@ def update(state: State, batch: ChunkBatch, key: jax.Array, cfg: Config) -> tupl
     grads, info = jax.grad(loss_fn, has_aux=True)(
         state.params, state.critic_target, batch, key, cfg, state.action_dim
     )
-    updates, opt = optimizer(cfg).update(grads, state.opt, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt = optim.step(optim.adam(cfg.lr), state.params, grads, state.opt)
     return state.replace(
         params=params,
         opt=opt,

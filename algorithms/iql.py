@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from offbench.algorithms import optim
 from offbench.algorithms.config import BaseConfig, RewardNormalization, bounded
 from offbench.algorithms.nets import CriticEnsemble, GaussianPolicy, ValueNetwork, gaussian_log_prob, polyak
 from offbench.algorithms.sampling import Batch
@@ -76,7 +77,7 @@ def networks(cfg: Config, action_dim: int) -> tuple[GaussianPolicy, CriticEnsemb
 
 def actor_optimizer(cfg: Config) -> optax.GradientTransformation:
     if not cfg.cosine_actor_lr:
-        return optax.adam(cfg.actor_lr)
+        return optim.adam(cfg.actor_lr)
     return optax.chain(
         optax.scale_by_adam(),
         optax.scale_by_schedule(optax.cosine_decay_schedule(-cfg.actor_lr, cfg.total_steps)),
@@ -97,8 +98,8 @@ def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
         critic_target=critic_params,
         value=value_params,
         actor_opt=actor_optimizer(cfg).init(actor_params),
-        critic_opt=optax.adam(cfg.critic_lr).init(critic_params),
-        value_opt=optax.adam(cfg.value_lr).init(value_params),
+        critic_opt=optim.adam(cfg.critic_lr).init(critic_params),
+        value_opt=optim.adam(cfg.value_lr).init(value_params),
         step=jnp.zeros((), jnp.int32),
         action_dim=spec.action_dim,
         max_action=float(max(spec.action_high)),
@@ -140,16 +141,15 @@ def critic_loss(critic_params: dict, state: State, batch: Batch, cfg: Config):
 
 def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[State, dict]:
     grads, value_info = jax.grad(value_loss, has_aux=True)(state.value, state, batch, cfg)
-    updates, value_opt = optax.adam(cfg.value_lr).update(grads, state.value_opt)
-    state = state.replace(value=optax.apply_updates(state.value, updates), value_opt=value_opt)
+    value_params, value_opt = optim.step(optim.adam(cfg.value_lr), state.value, grads, state.value_opt)
+    state = state.replace(value=value_params, value_opt=value_opt)
 
     grads, actor_info = jax.grad(actor_loss, has_aux=True)(state.actor, state, batch, cfg)
-    updates, actor_opt = actor_optimizer(cfg).update(grads, state.actor_opt)
-    state = state.replace(actor=optax.apply_updates(state.actor, updates), actor_opt=actor_opt)
+    actor_params, actor_opt = optim.step(actor_optimizer(cfg), state.actor, grads, state.actor_opt)
+    state = state.replace(actor=actor_params, actor_opt=actor_opt)
 
     grads, critic_info = jax.grad(critic_loss, has_aux=True)(state.critic, state, batch, cfg)
-    updates, critic_opt = optax.adam(cfg.critic_lr).update(grads, state.critic_opt)
-    critic_params = optax.apply_updates(state.critic, updates)
+    critic_params, critic_opt = optim.step(optim.adam(cfg.critic_lr), state.critic, grads, state.critic_opt)
     state = state.replace(
         critic=critic_params,
         critic_opt=critic_opt,
