@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from offbench.algorithms import optim, td3
+from offbench.algorithms import Algorithm, optim, td3
 from offbench.algorithms.config import bounded
 from offbench.algorithms.nets import (
     MLP,
@@ -239,3 +239,8 @@ def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[Sta
 def act(state: State, observations: jax.Array, cfg: Config) -> jax.Array:
     actor, _, _, _ = networks(cfg, state.action_dim, state.max_action)
     return actor.apply(state.actor, observations)
+
+
+ALGORITHM = Algorithm(
+    name="a2pr", Config=Config, init=init, update=update, act=act, dataset_overrides=DATASET_OVERRIDES
+)

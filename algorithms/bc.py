@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from offbench.algorithms import optim
+from offbench.algorithms import Algorithm, optim
 from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import DeterministicActor
 from offbench.algorithms.sampling import Batch
@@ -66,3 +66,6 @@ def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[Sta
 
 def act(state: State, observations: jax.Array, cfg: Config) -> jax.Array:
     return network(cfg, state.action_dim, state.max_action).apply(state.actor, observations)
+
+
+ALGORITHM = Algorithm(name="bc", Config=Config, init=init, update=update, act=act)

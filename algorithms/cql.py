@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from offbench.algorithms import optim
+from offbench.algorithms import Algorithm, optim
 from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import polyak, sample_tanh_gaussian
 from offbench.algorithms.sampling import Batch
@@ -342,3 +342,6 @@ def act(state: State, observations: jax.Array, cfg: Config) -> jax.Array:
     policy, _ = networks(cfg, state.action_dim)
     mean, _ = policy.apply(state.policy, observations)
     return state.max_action * jnp.tanh(mean)
+
+
+ALGORITHM = Algorithm(name="cql", Config=Config, init=init, update=update, act=act)

@@ -50,15 +50,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from offbench.algorithms import optim
+from offbench.algorithms import Algorithm, optim
 from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import MLP, CriticEnsemble, ValueNetwork, polyak
 from offbench.algorithms.sampling import ChunkBatch
 from offbench.datasets.dataset import Dataset
 from offbench.datasets.sources import OGBENCH_DATASET_GLOBS
-
-# Evaluation samples candidate chunks: the engine passes a key to ``act``.
-ACT_NEEDS_KEY = True
 
 AGGREGATIONS = ("min", "mean")
 BACKUPS = ("quantile", "expectile")
@@ -315,3 +312,15 @@ def act(state: State, observations: jax.Array, cfg: Config, key: jax.Array) -> j
     scores = aggregate(score_chunks(state, observations, candidates, cfg), cfg.q_agg)
     chunk = best_of_n(candidates, scores)
     return chunk.reshape(observations.shape[0], cfg.action_horizon, state.action_dim)
+
+
+ALGORITHM = Algorithm(
+    name="dqc",
+    Config=Config,
+    init=init,
+    update=update,
+    act=act,
+    dataset_overrides=DATASET_OVERRIDES,
+    act_needs_key=True,
+    batch_horizon=lambda cfg: cfg.critic_horizon,
+)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from offbench.algorithms import optim
+from offbench.algorithms import Algorithm, optim
 from offbench.algorithms.config import BaseConfig, RewardNormalization, bounded
 from offbench.algorithms.nets import CriticEnsemble, GaussianPolicy, ValueNetwork, gaussian_log_prob, polyak
 from offbench.algorithms.sampling import Batch
@@ -163,3 +163,8 @@ def act(state: State, observations: jax.Array, cfg: Config) -> jax.Array:
     actor, _, _ = networks(cfg, state.action_dim)
     mean, _ = actor.apply(state.actor, observations)
     return jnp.clip(mean, -state.max_action, state.max_action)
+
+
+ALGORITHM = Algorithm(
+    name="iql", Config=Config, init=init, update=update, act=act, dataset_overrides=DATASET_OVERRIDES
+)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from offbench.algorithms import td3
+from offbench.algorithms import Algorithm, td3
 from offbench.algorithms.config import bounded
 from offbench.algorithms.knn import SearchTable, build_search_table, nearest_neighbour
 from offbench.algorithms.nets import CriticEnsemble, DeterministicActor, first_critic
@@ -106,3 +106,14 @@ def update(
 def act(state: State, observations: jax.Array, cfg: Config) -> jax.Array:
     actor, _ = networks(cfg, state.action_dim, state.max_action)
     return actor.apply(state.actor, observations)
+
+
+ALGORITHM = Algorithm(
+    name="prdc",
+    Config=Config,
+    init=init,
+    update=update,
+    act=act,
+    dataset_overrides=DATASET_OVERRIDES,
+    shared_arrays=shared_arrays,
+)

@@ -21,9 +21,10 @@ Samplers (any algorithm can use any of them; see reference/algorithms.md §3):
 
 Weights are static: computed once, in float64, and drawn from an exact alias table in O(1) per draw.
 
-Action chunks (DQC / QC, reference/algorithms.md §4.9): a config with a ``critic_horizon`` H asks for
-H-step windows instead of transitions (``draw`` dispatches on it). The window's start index comes from
-the configured sampler, so chunks compose with rw/aw/topk; see ``gather_chunks`` for the window rules.
+Action chunks (DQC / QC): data prepared with a ``horizon`` H (the algorithm's declared
+``batch_horizon``) yields H-step windows instead of transitions (``draw`` dispatches on it). The
+window's start index comes from the configured sampler, so chunks compose with rw/aw/topk; see
+``gather_chunks`` for the window rules.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ class TrainingData:
     alias_index: jax.Array | None = None  # [N] int32
     # topk: the indices of the kept transitions, drawn uniformly.
     subset: jax.Array | None = None  # [K] int32
-    # Chunked configs: transitions from each row to its episode's last row, that row included.
+    # Chunked data: transitions from each row to its episode's last row, that row included.
     steps_to_end: jax.Array | None = None  # [N] int32
+    horizon: int | None = flax.struct.field(pytree_node=False, default=None)  # H of the windows, or None
 
 
 @flax.struct.dataclass
@@ -253,7 +255,8 @@ def alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return threshold, alias
 
 
-def prepare(dataset: Dataset, cfg: BaseConfig) -> TrainingData:
+def prepare(dataset: Dataset, cfg: BaseConfig, horizon: int | None = None) -> TrainingData:
+    """The job's training data; with ``horizon`` H, ``draw`` yields H-step windows (action chunks)."""
     check_sampler(cfg)
     # Sampler tables come from the raw dataset (see ``trajectory_scores``), before any transform.
     tables = {}
@@ -266,7 +269,6 @@ def prepare(dataset: Dataset, cfg: BaseConfig) -> TrainingData:
             # A full column (ALIAS_UNIT) aliases itself, so storing ALIAS_UNIT - 1 changes nothing.
             tables["alias_threshold"] = jnp.asarray(np.minimum(threshold, ALIAS_UNIT - 1).astype(np.uint32))
             tables["alias_index"] = jnp.asarray(alias, jnp.int32)
-    horizon = chunk_horizon(cfg)
     if horizon is not None:
         tables["steps_to_end"] = jnp.asarray(steps_to_episode_end(dataset, horizon))
     if cfg.normalize_observations:
@@ -274,7 +276,7 @@ def prepare(dataset: Dataset, cfg: BaseConfig) -> TrainingData:
     scale, shift = reward_transform(dataset, cfg)
     if (scale, shift) != (1.0, 0.0):
         dataset = dataset.replace(rewards=(scale * np.asarray(dataset.rewards) + shift).astype(np.float32))
-    return TrainingData(dataset=dataset.to_device(), sampler=cfg.sampler, **tables)
+    return TrainingData(dataset=dataset.to_device(), sampler=cfg.sampler, horizon=horizon, **tables)
 
 
 def sample_indices(data: TrainingData, key: jax.Array, batch_size: int) -> jax.Array:
@@ -303,11 +305,6 @@ def gather(dataset: Dataset, indices: jax.Array) -> Batch:
 
 def sample(data: TrainingData, key: jax.Array, batch_size: int) -> Batch:
     return gather(data.dataset, sample_indices(data, key, batch_size))
-
-
-def chunk_horizon(cfg: BaseConfig) -> int | None:
-    """The critic chunk length H a config asks for (its ``critic_horizon`` field), or None."""
-    return getattr(cfg, "critic_horizon", None)
 
 
 def steps_to_episode_end(dataset: Dataset, horizon: int) -> np.ndarray:
@@ -372,21 +369,18 @@ def gather_chunks(data: TrainingData, starts: jax.Array, horizon: int, discount:
     )
 
 
-def sample_chunks(
-    data: TrainingData, key: jax.Array, batch_size: int, horizon: int, discount: float
-) -> ChunkBatch:
+def sample_chunks(data: TrainingData, key: jax.Array, batch_size: int, discount: float) -> ChunkBatch:
     """``batch_size`` H-step windows whose start indices come from the configured sampler."""
-    if data.steps_to_end is None:
+    if data.horizon is None:
         raise ValueError(
-            "this TrainingData was prepared for single transitions; prepare it with a config that sets "
-            "critic_horizon to sample action chunks."
+            "this TrainingData was prepared for single transitions; prepare it with a horizon "
+            "(sampling.prepare(dataset, cfg, horizon=H)) to sample action chunks."
         )
-    return gather_chunks(data, sample_indices(data, key, batch_size), horizon, discount)
+    return gather_chunks(data, sample_indices(data, key, batch_size), data.horizon, discount)
 
 
 def draw(data: TrainingData, key: jax.Array, cfg: BaseConfig) -> Batch | ChunkBatch:
-    """One training minibatch as ``cfg`` asks: H-step chunks when it has a ``critic_horizon``."""
-    horizon = chunk_horizon(cfg)
-    if horizon is None:
+    """One training minibatch: H-step windows when ``data`` was prepared with a horizon, else transitions."""
+    if data.horizon is None:
         return sample(data, key, cfg.batch_size)
-    return sample_chunks(data, key, cfg.batch_size, horizon, cfg.discount)
+    return sample_chunks(data, key, cfg.batch_size, cfg.discount)

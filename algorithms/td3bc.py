@@ -11,7 +11,7 @@ import dataclasses
 
 import jax
 
-from offbench.algorithms import td3
+from offbench.algorithms import Algorithm, td3
 from offbench.algorithms.config import bounded
 from offbench.algorithms.nets import CriticEnsemble, DeterministicActor, first_critic
 from offbench.algorithms.sampling import Batch
@@ -59,3 +59,6 @@ def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[Sta
 def act(state: State, observations: jax.Array, cfg: Config) -> jax.Array:
     actor, _ = networks(cfg, state.action_dim, state.max_action)
     return actor.apply(state.actor, observations)
+
+
+ALGORITHM = Algorithm(name="td3bc", Config=Config, init=init, update=update, act=act)

@@ -11,7 +11,7 @@ import pytest
 
 from offbench.algorithms import get_algorithm, knn, prdc, sampling
 from offbench.algorithms.config import resolve_config
-from offbench.bench.train import shared_arrays
+from offbench.bench.engine import shared_arrays
 
 search = jax.jit(knn.nearest_neighbour, static_argnums=(3, 4))
 
