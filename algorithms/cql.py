@@ -2,7 +2,7 @@
 
 Follows ``JaxCQL/conservative_sac.py`` and ``conservative_sac_main.py`` as copied into
 Improbable-AI/harness-offline-rl (commit f88e210), with that launcher's settings
-(``experiments/d4rl/run_cql.py``); reference/algorithms.md §3.6. One update computes every loss from
+(``experiments/d4rl/run_cql.py``). One update computes every loss from
 the same (pre-update) parameters and then steps every optimiser, as JaxCQL's multi-gradient step does:
 - policy: SAC's ``alpha * log pi(a|s) - min(Q1, Q2)(s, a)`` with a ~ pi(s) reparameterised;
 - temperature: automatic entropy tuning towards -|A|;
@@ -57,7 +57,7 @@ class Config(BaseConfig):
     # JaxCQL feeds raw observations (no state normalisation) and raw rewards (reward_scale 1,
     # reward_bias 0; the harness's reward_norm only fills an unused ``normalized_rewards`` field).
     normalize_observations: bool = False
-    # The paper's CQL sweeps use RW/AW at temperature 0.2 (0.1 for IQL and TD3+BC), §3.2.
+    # The reweighting paper's CQL sweeps use RW/AW at temperature 0.2 (0.1 for IQL and TD3+BC).
     sampler_temperature: float = 0.2
 
 

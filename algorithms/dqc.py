@@ -1,8 +1,9 @@
 """DQC (Li, Park & Levine, 2025): decoupled Q-chunking, ported to reward-based offline RL.
 
-Spec: reference/algorithms.md §4.3 (losses), §4.4 (action selection), §4.5 (hyper-parameters) and the
-reward-based port of §4.9; the official code (ColinQiyangLi/dqc) is goal-conditioned with sigmoid/BCE
-heads, so every head here is an unbounded scalar trained with a squared or absolute loss.
+Follows the paper (arXiv 2512.10926) and the official code (ColinQiyangLi/dqc) for the losses, action
+selection and hyper-parameters. That code is goal-conditioned with sigmoid/BCE heads; on reward-based
+data every head here is an unbounded scalar trained with a squared or absolute loss, with QC's
+(Li, Zhou & Levine, 2025) reward-based chunk backup.
 
 Four modules, one Adam optimiser over all of them, one joint gradient step on the summed loss:
 1. chunk critic Q_H^i(s_t, a_{t:t+H}), an ensemble, MSE to y = R_H + gamma^{k*} m V(s_{t+k*}) with the
@@ -19,14 +20,14 @@ At evaluation (``act``): N candidate chunks from the flow (Euler, ``flow_steps``
 action bounds), scored by agg_i Q_h^i with the online critic; the best one's h_a actions are executed
 open-loop by the evaluator, which then re-plans.
 
-Ablations (§4.3 item 6; ``ablation`` builds the overrides): with ``use_chunk_critic=False`` there is no
-Q_H and Q_h is trained directly on y with weight kappa_d (0.5 = plain MSE). QC: h_a = H. QC-NS: h_a < H.
-NS: h_a = 1 (n-step with n = H). OS: H = h_a = 1 (one-step TD).
+Ablations (the paper's baselines; ``ablation`` builds the overrides): with ``use_chunk_critic=False``
+there is no Q_H and Q_h is trained directly on y with weight kappa_d (0.5 = plain MSE). QC: h_a = H.
+QC-NS: h_a < H. NS: h_a = 1 (n-step with n = H). OS: H = h_a = 1 (one-step TD).
 
 Defaults and departures:
 - Config defaults are a CPU size: 4 x 256 networks, batch 256. The paper's size (4 x 1024, batch 4096,
   ``FULL_SCALE``) is for GPUs. Horizons H = 25, h_a = 5 are the paper's main setting. gamma = 0.99 and
-  agg = min are §4.9's choices for reward-based data; kappa_b = 0.9 and kappa_d = 0.8 are the upper ends
+  agg = min are QC's choices for reward-based data; kappa_b = 0.9 and kappa_d = 0.8 are the upper ends
   of its ranges (0.7-0.9, 0.5-0.8), close to the paper's cube setting (0.93, 0.8). None is tuned yet.
 - The MLPs are OGBench's (Dense -> GELU -> LayerNorm, variance-scaling fan_avg uniform init, linear
   output): ``nets.MLP`` with ``MLP_STYLE``.
@@ -96,15 +97,15 @@ class Config(BaseConfig):
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
 
 
-# The paper's network and batch size (§4.5), for GPU runs: pass as hyper-parameter overrides.
+# The paper's network and batch size, for GPU runs: pass as hyper-parameter overrides.
 FULL_SCALE: dict[str, Any] = {"hidden_dims": (1024, 1024, 1024, 1024), "batch_size": 4096}
 
-# DQC trains on raw observations in OGBench (§4.2); locomotion keeps the base normalisation.
+# DQC trains on raw observations in OGBench (the official code); locomotion keeps the base normalisation.
 DATASET_OVERRIDES = tuple((glob, {"normalize_observations": False}) for glob in OGBENCH_DATASET_GLOBS)
 
 
 def ablation(name: str, horizon: int = 25, action_horizon: int = 5) -> dict[str, Any]:
-    """Hyper-parameter overrides for DQC and the paper's baselines (§4.3 item 6, §4.6).
+    """Hyper-parameter overrides for DQC and the paper's baselines (its ablation figures).
 
     ``dqc``: DQC(H, h_a). ``qc``: QC(H), one critic over the whole H-chunk. ``qc_ns``: QC-NS(n = H, h_a).
     ``ns``: n-step with a single action, n = H. ``os``: one-step TD. The baselines distil with

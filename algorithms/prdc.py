@@ -38,7 +38,7 @@ class Config(td3.Config):
 
 
 # README settings (only k = 1 is implemented, the official default). The AntMaze reward is
-# 10000 * r - 1, the fixed behaviour of PR #1 (the first release scaled next_state instead).
+# 10000 * r - 1, as fixed by LAMDA-RL/PRDC's first pull request (the first release scaled next_state).
 DATASET_OVERRIDES = (
     ("*halfcheetah*", {"alpha": 40.0}),
     ("*antmaze*", {"alpha": 7.5, "beta": 7.5, "reward_scale": 10000.0, "reward_shift": -1.0}),

@@ -4,10 +4,11 @@
 preprocessing and builds the sampler's tables. ``sample`` runs inside the jitted training scan and
 draws one minibatch with a JAX key, so no host round trip happens per update.
 
-Samplers (any algorithm can use any of them; see reference/algorithms.md §3):
+Samplers (any algorithm can use any of them):
 - ``uniform``: every transition equally likely.
 - ``rw`` (return-weighted) and ``aw`` (advantage-weighted), Hong et al. (ICLR 2023), with the formulas
-  of the official JaxCQL / IQL / d3rlpy-TD3+BC samplers (§3.2, not the buggy variants of §3.4).
+  of the official JaxCQL / IQL / d3rlpy-TD3+BC samplers of Improbable-AI/harness-offline-rl. (That
+  repository's d3rlpy RW variants apply the softmax to raw returns and are not followed.)
   Trajectory i (an episode of the dataset's episode table: it ends at a terminal or a timeout, and an
   unfinished trailing episode is a trajectory of its own) has return G_i and length T_i. Its score is
   Ĝ_i = (G_i - min G) / (max G - min G) for rw, and the same min-max normalisation of the advantage
@@ -156,8 +157,8 @@ def trajectory_scores(dataset: Dataset, sampler: str) -> np.ndarray:
     Scores come from the dataset's raw rewards, not the algorithm's transformed ones. Min-max
     normalisation makes them invariant to the reward *scaling* algorithms apply (IQL's
     1000 / return range), but not to a per-step *shift*: r - 1 lowers G_i by T_i, favouring short
-    trajectories (§3.2 "Invariance"). The official IQL harness applies AntMaze's r - 1 before weighting,
-    which the reference suspects in AW's AntMaze degradation (§3.7). Raw rewards keep the sampler a
+    trajectories. The official IQL harness applies AntMaze's r - 1 before weighting, a plausible cause
+    of AW's weaker AntMaze results in the paper. Raw rewards keep the sampler a
     property of the dataset, identical for every algorithm it is paired with; the only departure from
     the official runs is IQL on datasets with a reward shift (AntMaze).
 
@@ -334,20 +335,20 @@ def steps_to_episode_end(dataset: Dataset, horizon: int) -> np.ndarray:
 
 
 def gather_chunks(data: TrainingData, starts: jax.Array, horizon: int, discount: float) -> ChunkBatch:
-    """The H-step windows starting at ``starts`` (reference/algorithms.md §4.9, item 1).
+    """The H-step windows starting at ``starts``, for chunked critics on reward-based data (DQC, QC).
 
     The window holds k* = min(H, steps to the episode's end) steps: it stops at the first terminal or
     timeout. Its return is sum_{j<k*} gamma^j r_{t+j}, it bootstraps from s_{t+k*} (the next observation
-    of its last step) with gamma^{k*}, and the mask is 0 only when that last step is a true terminal.
-    A window cut by a timeout (or by the end of an unfinished trailing episode) is kept and bootstraps
-    from the timeout's next observation, like a one-step TD backup at a time limit: nothing is dropped,
-    where §4.9 (and QC's ``valid[..., -1]``) drops or masks such windows. Dropping them would leave the
-    last H - 1 states of every time-limited episode without a critic target (2.4% of a D4RL locomotion
-    dataset at H = 25) and is not needed for a correct backup: a time limit is not an end of the MDP.
-    The price: a critic fed the padded chunk learns R_{k*} + gamma^{k*} V(s_{t+k*}), i.e. the value of the
-    k* dataset actions followed by the value's implicit policy, not of the padded actions themselves.
-    Steps past k* are padding: the actions repeat the last valid one, rewards are 0, ``valid`` marks
-    them 0.
+    of its last step) with gamma^{k*}, and the mask is 0 only when that last step is a true terminal. A
+    window cut by a timeout (or by the end of an unfinished trailing episode) is kept and bootstraps from
+    the timeout's next observation, like a one-step TD backup at a time limit: nothing is dropped, where
+    QC's official code (``valid[..., -1]``) drops such windows from the critic loss. Dropping them would
+    leave the last H - 1 states of every time-limited episode without a critic target (2.4% of a D4RL
+    locomotion dataset at H = 25) and is not needed for a correct backup: a time limit is not an end of
+    the MDP. The price: a critic fed the padded chunk learns R_{k*} + gamma^{k*} V(s_{t+k*}), i.e. the
+    value of the k* dataset actions followed by the value's implicit policy, not of the padded actions
+    themselves. Steps past k* are padding: the actions repeat the last valid one, rewards are 0, ``valid``
+    marks them 0.
     """
     dataset = data.dataset
     lengths = jnp.minimum(data.steps_to_end[starts], horizon)
