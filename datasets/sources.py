@@ -30,6 +30,7 @@ from offbench.datasets.dataset import (
     build_dataset,
     from_episodes,
 )
+from offbench.files import atomic_path
 from offbench.hints import suggest
 
 # D4RL's reference returns (d4rl/infos.py, identical for v0-v2). They belong to the old mujoco-py
@@ -416,13 +417,11 @@ def write_d4rl_hdf5(
 ) -> Path:
     """Write flat D4RL-layout arrays (gzip) atomically: a killed write leaves no partial file."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with h5py.File(temporary, "w") as f:
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
         for key, value in arrays.items():
             f.create_dataset(key, data=value, compression="gzip")
         for key, value in (attrs or {}).items():
             f.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
-    os.replace(temporary, path)
     return path
 
 
