@@ -73,7 +73,7 @@ def early_learning_note(header: Header) -> str:
         return ""
     return (
         f"Early learning only: {max(header.steps):,} updates per seed is "
-        f"{100 * max(header.steps) / PAPER_UPDATES:.1g}% of the papers' {PAPER_UPDATES:,}, so this "
+        f"{100 * max(header.steps) / PAPER_UPDATES:.2g}% of the papers' {PAPER_UPDATES:,}, so this "
         "ranking reflects how fast each method learns at this budget, not its final performance."
     )
 
@@ -251,9 +251,9 @@ def explanations(tables: Tables, reps: int, profile_reps: int, seed: int) -> dic
 # ---------------------------------------------------------------------------------------------- markdown
 
 
-def markdown_table(frame: pd.DataFrame, marks: pd.DataFrame | None = None) -> str:
-    """A GitHub pipe table (no tabulate dependency); first column left-aligned, the rest right, ``marks``
-    in bold."""
+def markdown_table(frame: pd.DataFrame, marks: pd.DataFrame | None = None, text_columns: int = 1) -> str:
+    """A GitHub pipe table (no tabulate dependency): the first ``text_columns`` left-aligned, the rest
+    (numbers) right, the cells flagged in ``marks`` in bold."""
 
     def row(values: list[str], bold: list[bool]) -> str:
         cells = [str(v).replace("|", "\\|") for v in values]
@@ -261,7 +261,8 @@ def markdown_table(frame: pd.DataFrame, marks: pd.DataFrame | None = None) -> st
 
     plain = [False] * len(frame.columns)
     flags = marks.to_numpy(bool) if marks is not None else np.zeros(frame.shape, bool)
-    rule = "|" + "|".join([":---"] + ["---:"] * (len(frame.columns) - 1)) + "|"
+    left = min(text_columns, len(frame.columns))
+    rule = "|" + "|".join([":---"] * left + ["---:"] * (len(frame.columns) - left)) + "|"
     body = [row(list(r), list(f)) for r, f in zip(frame.itertuples(index=False), flags, strict=True)]
     return "\n".join([row(list(frame.columns), plain), rule, *body])
 
@@ -284,7 +285,14 @@ def render_markdown(tables: Tables, text: dict[str, str], plot_names: list[str])
     else:
         parts += ["No aggregate.", ""]
     parts += [f"- {note}" for note in tables.notes] + ([""] if tables.notes else [])
-    parts += ["## Hyper-parameters", "", text["hparams"], "", markdown_table(hparams_display(tables)), ""]
+    parts += [
+        "## Hyper-parameters",
+        "",
+        text["hparams"],
+        "",
+        markdown_table(hparams_display(tables), text_columns=3),
+        "",
+    ]
     parts += ["## Runs", "", markdown_table(counts_display(tables)), ""]
     parts += ["## Plots", "", text["plots"], ""]
     parts += [f"![{PLOTS[name]}]({name})\n" for name in plot_names]
