@@ -309,7 +309,7 @@ def report(
     seed: Annotated[int, typer.Option(help="Seed of every bootstrap (same seed, same report).")] = 0,
 ) -> None:
     """Write LEADERBOARD.md, leaderboard.html and PNG plots for a results directory."""
-    from offbench.bench.report import ReportError, write_report
+    from offbench.bench.leaderboard import ReportError, write_report
 
     try:
         with console.status(f"reporting {escape(str(results_dir))}"):

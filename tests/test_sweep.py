@@ -229,7 +229,7 @@ hparams = { hidden_dims = [16, 16], batch_size = 32, alpha = 1.0 }
     assert len(summary.finished) == 2 and not summary.failed
     runs = pd.read_parquet(tmp_path / "runs")
     assert sorted(runs["label"].unique()) == ["td3bc", "td3bc-strong-bc"]
-    tables, _ = compute_tables(load_results(tmp_path), reps=100)
+    tables = compute_tables(load_results(tmp_path), reps=100)
     assert sorted(tables.cells["method"]) == ["td3bc", "td3bc-strong-bc"]  # no "td3bc@hash" pair
 
 
