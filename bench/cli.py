@@ -252,11 +252,10 @@ def sweep(
     """Run every job of a suite (seeds vmapped inside each job). Reruns skip finished jobs, resume
     interrupted ones, and rerun exactly the jobs a changed suite changed."""
     from offbench.bench.suite import SuiteError, load_suite
-    from offbench.bench.sweep import SweepStopped, execute, plan
+    from offbench.bench.sweep import SweepStopped, check_executor, execute, plan
 
-    if executor not in ("local", "ray"):
-        fail(f"unknown executor {executor!r}: use 'local' or 'ray'.")
     try:
+        check_executor(executor)
         suite_spec = load_suite(suite)
         out = out or Path("results") / suite_spec.name
         with console.status("validating the suite and preparing datasets"):

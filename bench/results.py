@@ -461,13 +461,14 @@ def upgrade(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     return frame
 
 
-def read_table(directory: str | Path, schema: pa.Schema, columns: list[str] | None = None) -> pd.DataFrame:
-    """Every parquet file of ``directory`` as one frame, each file upgraded to this schema version
-    (:func:`upgrade`) and the columns of all files kept. ``columns`` selects columns; a file without
-    one of them gives nulls there. Raises FileNotFoundError when the directory holds no parquet file."""
-    paths = sorted(Path(directory).glob("*.parquet"))
+def read_table(location: str | Path, schema: pa.Schema, columns: list[str] | None = None) -> pd.DataFrame:
+    """A parquet file, or every parquet file of a directory, as one frame, each file upgraded to this
+    schema version (:func:`upgrade`) and the columns of all files kept. ``columns`` selects columns; a
+    file without one of them gives nulls there. Raises FileNotFoundError when there is no parquet file."""
+    location = Path(location)
+    paths = [location] if location.is_file() else sorted(location.glob("*.parquet"))
     if not paths:
-        raise FileNotFoundError(f"no parquet files in {directory}.")
+        raise FileNotFoundError(f"no parquet files in {location}.")
     frames = [upgrade(pd.read_parquet(path), schema) for path in paths]
     frame = pd.concat(frames, ignore_index=True)
     return frame if columns is None else frame.reindex(columns=columns)

@@ -501,6 +501,14 @@ def _ray_task(planned: PlannedJob, out: str) -> str:
     return run_and_write(planned, Path(out))
 
 
+EXECUTORS = ("local", "ray")
+
+
+def check_executor(executor: str) -> None:
+    if executor not in EXECUTORS:
+        raise SuiteError(f"unknown executor {executor!r}: use {' or '.join(map(repr, EXECUTORS))}.")
+
+
 def execute(
     planned: Plan,
     out: Path,
@@ -510,12 +518,11 @@ def execute(
     log: Callable[[str], None] = print,
 ) -> SweepSummary:
     """Run a plan's jobs on ``executor`` (local, or ray: one Ray task per job)."""
+    check_executor(executor)
     if executor == "local":
         finished, failed = run_local(planned.todo, out, progress, log)
-    elif executor == "ray":
-        finished, failed = run_ray(planned.todo, out, address)
     else:
-        raise SuiteError(f"unknown executor {executor!r}: use 'local' or 'ray'.")
+        finished, failed = run_ray(planned.todo, out, address)
     total = len(planned.todo) + len(planned.done)
     return SweepSummary(total=total, skipped=len(planned.done), finished=finished, failed=failed)
 
