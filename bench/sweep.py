@@ -27,6 +27,7 @@ from offbench.bench.suite import Suite, SuiteError, expand_datasets
 from offbench.bench.train import ChunkReport, Job, JobIdentity, identify, resolve, run_job, state_bytes
 from offbench.datasets.dataset import Dataset, DatasetError, DatasetSpec
 from offbench.datasets.sources import OGBENCH_NAME, import_ogbench, ogbench_data_dir, resolve_ogbench_name
+from offbench.files import write_text_atomic
 from offbench.hints import suggest
 
 
@@ -230,7 +231,7 @@ def record_failure(out: Path, planned: PlannedJob, error: BaseException) -> str:
         "traceback": "".join(traceback.format_exception(error)),
         "timestamp": results.utc_now(),
     }
-    results.write_text_atomic(
+    write_text_atomic(
         out / "failures" / f"{planned.identity.name}.json", json.dumps(record, indent=2, default=str)
     )
     return message
