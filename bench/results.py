@@ -43,7 +43,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from offbench.datasets.dataset import DatasetSpec
+from offbench.datasets.dataset import DATASET_FILE_SUFFIXES, DatasetSpec
 from offbench.files import atomic_path
 
 SCHEMA_VERSION = 3
@@ -224,9 +224,6 @@ def hparams_json(cfg: Any) -> str:
 
 def hparams_hash(cfg: Any) -> str:
     return hashlib.sha256(hparams_json(cfg).encode()).hexdigest()[:12]
-
-
-DATASET_FILE_SUFFIXES = (".hdf5", ".h5", ".npz")
 
 
 def dataset_slug(dataset: str) -> str:

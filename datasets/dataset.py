@@ -24,6 +24,10 @@ OBSERVATION_STD_EPSILON = 1e-3
 ACTION_BOUND_TOLERANCE = 1e-4
 
 
+# Dataset names with these suffixes are files (D4RL HDF5, OGBench npz), not ids.
+DATASET_FILE_SUFFIXES = (".hdf5", ".h5", ".npz")
+
+
 class DatasetError(ValueError):
     """Bad or missing data. The message names the problem and how to fix it."""
 

@@ -17,6 +17,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import gymnasium as gym
 import h5py
@@ -24,6 +25,7 @@ import numpy as np
 
 from offbench.datasets.dataset import (
     ACTION_BOUND_TOLERANCE,
+    DATASET_FILE_SUFFIXES,
     Dataset,
     DatasetError,
     DatasetSpec,
@@ -52,21 +54,37 @@ D4RL_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 NUMERIC_KINDS = "biuf"  # NumPy dtype kinds of bool, signed and unsigned integer and float arrays
 
 
+DatasetKind = Literal["npz", "hdf5", "ogbench", "minari"]
+
+
+def dataset_kind(name: str) -> DatasetKind:
+    """What a dataset name is, by the one rule that loading and provisioning share: a path with an OGBench
+    npz suffix, a path with a D4RL HDF5 suffix, an OGBench singletask name, or a Minari id."""
+    suffix = Path(name).suffix
+    if suffix == ".npz":
+        return "npz"
+    if suffix in DATASET_FILE_SUFFIXES:
+        return "hdf5"
+    if OGBENCH_NAME.match(name):
+        return "ogbench"
+    if "/" not in name and not re.search(r"-v\d+$", name):
+        raise DatasetError(
+            f"{name!r} is neither a dataset file (.hdf5, .h5, .npz), an OGBench dataset name nor a Minari "
+            "dataset id (ids look like 'namespace/name-v0', e.g. 'mujoco/hopper/medium-v0')."
+        )
+    return "minari"
+
+
 def load_dataset(name: str, *, env_id: str | None = None, download: bool = False) -> Dataset:
     """Load a dataset by Minari id (``mujoco/hopper/medium-v0``), by OGBench singletask name
     (``cube-single-play-singletask-task1-v0``), or by path to a D4RL HDF5 file or an OGBench npz file."""
-    path = Path(name).expanduser()
-    if path.suffix == ".npz":
-        return load_ogbench_npz(path, env_id=env_id)
-    if path.suffix in {".hdf5", ".h5"} or path.exists():
-        return load_d4rl_hdf5(path, env_id=env_id)
-    if OGBENCH_NAME.match(name):
+    kind = dataset_kind(name)
+    if kind == "npz":
+        return load_ogbench_npz(Path(name).expanduser(), env_id=env_id)
+    if kind == "hdf5":
+        return load_d4rl_hdf5(Path(name).expanduser(), env_id=env_id)
+    if kind == "ogbench":
         return load_ogbench(name, env_id=env_id, download=download)
-    if "/" not in name and not re.search(r"-v\d+$", name):
-        raise DatasetError(
-            f"{name!r} is neither an existing file nor a Minari dataset id "
-            "(ids look like 'namespace/name-v0', e.g. 'mujoco/hopper/medium-v0')."
-        )
     return load_minari(name, download=download, env_id=env_id)
 
 

@@ -593,7 +593,7 @@ def generate(
     policies_dir: Path | str | None = None,
     reference_episodes: int | None = None,
 ) -> list[str]:
-    """Make sure one dataset exists, generating it on demand (``bench.sweep.ensure_datasets``), with the
+    """Make sure one dataset exists, generating it on demand (``provision.ensure_datasets``), with the
     base datasets it is built from that are missing, and store the quality metrics of what was written.
 
     Returns the ids written: ``[]`` when the dataset already exists and ``overwrite`` is False (a sweep
