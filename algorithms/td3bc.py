@@ -23,6 +23,9 @@ class Config(td3.Config):
     hidden_dims: tuple[int, ...] = bounded((256, 256), ge=1)
 
 
+# No DATASET_OVERRIDES: the official code and the paper (sfujim/TD3_BC) publish one setting (alpha 2.5)
+# for the locomotion datasets and nothing for AntMaze, Adroit, Kitchen or the mazes, which run it too.
+
 State = td3.State  # the actor, the twin critics, their targets and Adam states
 
 

@@ -421,8 +421,9 @@ def datasets_generate(
     env: Annotated[
         list[str],
         typer.Option(
-            help="hopper, halfcheetah, walker2d, or ogbench-cube-single (OGBench play data from its scripted "
-            "oracle); repeatable; default: the three MuJoCo environments."
+            help="hopper, halfcheetah, walker2d, ogbench-cube-single (OGBench play data from its scripted "
+            "oracle), or pointmaze-{open,umaze,medium,large} (D4RL-style PointMaze data, sparse and dense, "
+            "from Minari's waypoint controller); repeatable; default: the three MuJoCo environments."
         ),
     ] = [],  # noqa: B006
     size: Annotated[int, typer.Option(help="Transitions per base dataset.")] = 100_000,
@@ -444,14 +445,15 @@ def datasets_generate(
         ),
     ] = [],  # noqa: B006
 ) -> None:
-    """Generate offbench/<env>/* datasets from the committed behaviour policies, and OGBench play data
-    (offbench/ogbench/*) from OGBench's scripted oracle (no internet)."""
+    """Generate offbench/<env>/* datasets from the committed behaviour policies, OGBench play data
+    (offbench/ogbench/*) from OGBench's scripted oracle and PointMaze data (offbench/pointmaze/*) from
+    Minari's D4RL waypoint controller (no internet)."""
     from offbench.datasets.dataset import DatasetError
-    from offbench.datasets.generate import catalog, ogbench_play
+    from offbench.datasets.generate import catalog, ogbench_play, pointmaze
     from offbench.hints import suggest
 
     envs = env or list(catalog.ENVS)
-    known = [*catalog.ENVS, *ogbench_play.CLI_ENVS]
+    known = [*catalog.ENVS, *ogbench_play.CLI_ENVS, *pointmaze.CLI_ENVS]
     tasks = tuple(task) or (ogbench_play.DEFAULT_TASK,)
     root = escape(str(catalog.minari_datasets_path()))
     log = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731
@@ -472,7 +474,13 @@ def datasets_generate(
         # What each environment is asked for: OGBench tasks, or catalog kinds.
         wanted: dict[str, tuple] = {}
         for name in envs:  # every environment is checked (policies included) before any is generated
-            if name in ogbench_play.CLI_ENVS:
+            if name in pointmaze.CLI_ENVS:
+                maze = pointmaze.CLI_ENVS[name]
+                present = {r for r in pointmaze.REWARDS if catalog.exists(pointmaze.dataset_id(maze, r))}
+                wanted[name] = tuple(r for r in pointmaze.REWARDS if not (missing_only and r in present))
+                if wanted[name]:
+                    pointmaze.plan_generation(maze, wanted[name], size, overwrite)
+            elif name in ogbench_play.CLI_ENVS:
                 play_env = ogbench_play.CLI_ENVS[name]
                 present = {t for t in tasks if catalog.exists(ogbench_play.dataset_id(play_env, t))}
                 wanted[name] = tuple(t for t in tasks if not (missing_only and t in present))
@@ -486,7 +494,17 @@ def datasets_generate(
             if not wanted[name]:
                 console.print(f"{name}: every dataset already exists under {root}; nothing to generate.")
                 continue
-            if name in ogbench_play.CLI_ENVS:
+            if name in pointmaze.CLI_ENVS:
+                with console.status(f"generating {pointmaze.NAMESPACE}{pointmaze.CLI_ENVS[name]}*"):
+                    written = pointmaze.generate_maze(
+                        pointmaze.CLI_ENVS[name],
+                        wanted[name],
+                        size=size,
+                        seed=seed,
+                        overwrite=overwrite,
+                        log=log,
+                    )
+            elif name in ogbench_play.CLI_ENVS:
                 with console.status(f"generating {ogbench_play.NAMESPACE}{ogbench_play.CLI_ENVS[name]}-*"):
                     written = ogbench_play.generate_play(
                         ogbench_play.CLI_ENVS[name],

@@ -23,6 +23,7 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
+from offbench.datasets import robotics
 from offbench.datasets.dataset import (
     ACTION_BOUND_TOLERANCE,
     DATASET_FILE_SUFFIXES,
@@ -136,24 +137,26 @@ def load_minari(dataset_id: str, *, download: bool = False, env_id: str | None =
             "offbench supports continuous (Box) actions only."
         )
     flat_space = gym.spaces.flatten_space(observation_space)
-    observation_keys = None
-    if isinstance(observation_space, gym.spaces.Dict):
-        # Minari stores a Dict space with sorted keys; that order is recorded in the spec and evaluation
-        # flattens each environment observation by the same keys (``flatten_observation``).
-        observation_keys = tuple(observation_space.spaces.keys())
-        unsupported = [k for k, v in observation_space.spaces.items() if not isinstance(v, gym.spaces.Box)]
-        if unsupported:
-            raise DatasetError(
-                f"dataset {dataset_id!r}: observation keys {unsupported} are not Box spaces; "
-                "offbench flattens Dict observations of Box entries only."
-            )
+    # Minari stores a Dict space with sorted keys; its leaves, depth first (nested keys joined with "/"),
+    # are recorded in the spec, and evaluation flattens each environment observation by the same keys
+    # (``flatten_observation``). Goal-conditioned data (the D4RL mazes, Kitchen) keep their goal this way.
+    try:
+        observation_keys = robotics.observation_paths(observation_space)
+    except ValueError as error:
+        raise DatasetError(
+            f"dataset {dataset_id!r}: {error}; offbench flattens Dict observations of Box entries only."
+        ) from error
 
     def flatten(observations) -> np.ndarray:
         if observation_keys is None:
             return np.asarray(observations, dtype=np.float32).reshape(len(observations), -1)
-        count = len(observations[observation_keys[0]])
+        count = len(robotics.leaf(observations, observation_keys[0]))
         return np.concatenate(
-            [np.asarray(observations[k], np.float32).reshape(count, -1) for k in observation_keys], axis=1
+            [
+                np.asarray(robotics.leaf(observations, k), np.float32).reshape(count, -1)
+                for k in observation_keys
+            ],
+            axis=1,
         )
 
     # Minari keeps the evaluation env spec privately; it is what recover_environment(eval_env=True) uses.
@@ -750,12 +753,15 @@ def flatten_observation(observation, observation_keys: tuple[str, ...] | None) -
     """One environment observation as the flat float32 vector the dataset stores."""
     if observation_keys is None:
         return np.asarray(observation, dtype=np.float32).reshape(-1)
-    return np.concatenate([np.asarray(observation[k], np.float32).reshape(-1) for k in observation_keys])
+    return np.concatenate(
+        [np.asarray(robotics.leaf(observation, k), np.float32).reshape(-1) for k in observation_keys]
+    )
 
 
 def make_env(spec: DatasetSpec, **kwargs) -> gym.Env:
-    """The evaluation environment of a dataset. OGBench environments are registered (``import ogbench``)
-    first; Gymnasium does not know them until then."""
+    """The evaluation environment of a dataset. OGBench and gymnasium-robotics environments are registered
+    first (Gymnasium does not know them until then); the D4RL families' environments report their
+    episode success (``robotics.wrap``)."""
     if spec.eval_env_spec is None and spec.env_id is None:
         raise DatasetError(
             f"dataset {spec.id!r} names no evaluation environment. Pass one explicitly, e.g. "
@@ -765,8 +771,10 @@ def make_env(spec: DatasetSpec, **kwargs) -> gym.Env:
     env_id = env_spec.id if env_spec is not None else spec.env_id
     if OGBENCH_NAME.match(env_id):
         import_ogbench()
+    if robotics.family(env_id) is not None:
+        robotics.prepare()
     try:
-        return gym.make(env_spec or env_id, **kwargs)
+        return robotics.wrap(gym.make(env_spec or env_id, **kwargs), env_id)
     except (gym.error.Error, ImportError) as error:  # unknown ids, missing simulators or assets
         raise DatasetError(
             f"cannot create evaluation environment {env_id!r} for dataset {spec.id!r}: "
@@ -787,8 +795,8 @@ def check_spaces(spec: DatasetSpec) -> None:
     keys = spec.observation_keys
     if keys is None:
         observation_dim = gym.spaces.flatdim(observation_space)
-    elif isinstance(observation_space, gym.spaces.Dict) and set(keys) <= set(observation_space.spaces):
-        observation_dim = sum(gym.spaces.flatdim(observation_space[key]) for key in keys)
+    elif all(robotics.leaf_space(observation_space, key) is not None for key in keys):
+        observation_dim = sum(gym.spaces.flatdim(robotics.leaf_space(observation_space, key)) for key in keys)
     else:
         observation_dim = None  # the environment lacks some of the dataset's observation keys
     if isinstance(action_space, gym.spaces.Box):
