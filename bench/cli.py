@@ -449,7 +449,7 @@ def datasets_generate(
     (offbench/ogbench/*) from OGBench's scripted oracle and PointMaze data (offbench/pointmaze/*) from
     Minari's D4RL waypoint controller (no internet)."""
     from offbench.datasets.dataset import DatasetError
-    from offbench.datasets.generate import catalog, ogbench_play, pointmaze
+    from offbench.datasets.generate import catalog, ogbench_play, pointmaze, storage
     from offbench.hints import suggest
 
     envs = env or list(catalog.ENVS)
@@ -476,13 +476,13 @@ def datasets_generate(
         for name in envs:  # every environment is checked (policies included) before any is generated
             if name in pointmaze.CLI_ENVS:
                 maze = pointmaze.CLI_ENVS[name]
-                present = {r for r in pointmaze.REWARDS if catalog.exists(pointmaze.dataset_id(maze, r))}
+                present = {r for r in pointmaze.REWARDS if storage.exists(pointmaze.dataset_id(maze, r))}
                 wanted[name] = tuple(r for r in pointmaze.REWARDS if not (missing_only and r in present))
                 if wanted[name]:
                     pointmaze.plan_generation(maze, wanted[name], size, overwrite)
             elif name in ogbench_play.CLI_ENVS:
                 play_env = ogbench_play.CLI_ENVS[name]
-                present = {t for t in tasks if catalog.exists(ogbench_play.dataset_id(play_env, t))}
+                present = {t for t in tasks if storage.exists(ogbench_play.dataset_id(play_env, t))}
                 wanted[name] = tuple(t for t in tasks if not (missing_only and t in present))
                 if wanted[name]:
                     ogbench_play.plan_generation(play_env, wanted[name], size, overwrite)
@@ -567,6 +567,7 @@ def datasets_info(
     ] = False,
 ) -> None:
     """Print a dataset's return statistics and quality metrics (TQ, SACo)."""
+    from offbench.datasets import quality
     from offbench.datasets.dataset import DatasetError
     from offbench.datasets.generate import catalog
     from offbench.datasets.sources import load_dataset
@@ -576,7 +577,7 @@ def datasets_info(
     except DatasetError as error:
         fail(str(error))
     catalog.complete_quality(dataset)  # generated data whose metrics a killed generation never wrote
-    for key, value in {**data.summary(), **(catalog.read_quality(dataset) or {})}.items():
+    for key, value in {**data.summary(), **(quality.read_quality(dataset) or {})}.items():
         print(f"{key:28s} {value}")
 
 

@@ -152,7 +152,8 @@ def _quality_elsewhere(dataset: str, quality_file: pd.DataFrame | None) -> tuple
     if quality_file is not None and dataset in set(quality_file["dataset"]):
         row = quality_file.drop_duplicates("dataset").set_index("dataset").loc[dataset]
         return "datasets.parquet", {key: row.get(key) for key in ("tq", "saco")}
-    from offbench.datasets.generate.catalog import complete_quality, read_quality
+    from offbench.datasets.generate.catalog import complete_quality
+    from offbench.datasets.quality import read_quality
 
     stored = read_quality(dataset)
     if stored is None and complete_quality(dataset):

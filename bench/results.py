@@ -378,7 +378,7 @@ TEMPORARY = re.compile(r"\.tmp-(\d+)")
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     """Delete what killed writers left in ``out_dir``: ``*.tmp-<pid>`` files and folders whose process no
     longer runs, and orbax's unfinished checkpoint folders. Returns what was removed."""
-    from offbench.datasets.generate.catalog import pid_alive
+    from offbench.datasets.generate.storage import pid_alive
 
     removed = []
     for path in sorted(out_dir.rglob("*")) if out_dir.is_dir() else []:

@@ -181,7 +181,7 @@ class JobOutput:
 
 def dataset_provenance(dataset: Dataset, dataset_fingerprint: str) -> dict[str, Any]:
     """The dataset's columns of a results row: size, fingerprint, reference scores and stored quality."""
-    from offbench.datasets.generate.catalog import read_quality
+    from offbench.datasets.quality import read_quality
 
     quality = read_quality(dataset.spec.id) or {}
     if quality.get("transitions") != dataset.size:  # metrics of another version of the dataset

@@ -31,11 +31,15 @@ all three next to the value.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from offbench.datasets.dataset import Dataset, DatasetError
+from offbench.files import write_text_atomic
 
 SACO_BINS = 5
 """Edges per dimension in the D4RL variant (``np.linspace(min, max, 5)``), giving bin ids 0..5."""
@@ -369,3 +373,28 @@ def quality_table(
         **stats,
         "tq_psv": float(stats["return_psv"]) / (ref_max - ref_min) ** 2,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Stored metrics: the quality table of a local Minari dataset, kept beside its files.
+
+QUALITY_FILE = "offbench_quality.json"
+
+
+def quality_path(identifier: str) -> Path:
+    from offbench.datasets.sources import minari_datasets_path
+
+    return minari_datasets_path() / identifier / QUALITY_FILE
+
+
+def read_quality(identifier: str) -> dict[str, Any] | None:
+    """The metrics ``compute_quality`` stored for a dataset id, or None (not computed, or not an id)."""
+    try:
+        path = quality_path(identifier)
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_quality(identifier: str, table: dict[str, Any]) -> Path:
+    return write_text_atomic(quality_path(identifier), json.dumps(table, indent=2))

@@ -18,11 +18,11 @@ from minari import DataCollector, StepDataCallback
 from offbench.algorithms import cql, iql, prdc
 from offbench.algorithms.config import resolve_config
 from offbench.bench.evaluate import Evaluator
-from offbench.bench.report import write_report
+from offbench.bench.leaderboard import write_report
 from offbench.bench.suite import parse_suite
 from offbench.bench.sweep import sweep
-from offbench.datasets import robotics
-from offbench.datasets.generate import catalog, pointmaze
+from offbench.datasets import quality, robotics
+from offbench.datasets.generate import pointmaze
 from offbench.datasets.sources import check_spaces, load_dataset, make_env
 
 KITCHEN_TASKS = ["microwave", "kettle", "light switch", "slide cabinet"]  # D4RL/kitchen/complete-v2
@@ -279,8 +279,8 @@ def test_generation_is_seeded_and_written_with_minari_references(minari_root):
     eval_spec = json.loads(sparse.spec.eval_env_spec)
     assert eval_spec["max_episode_steps"] == 300 and eval_spec["kwargs"]["reset_target"] is False
     assert sparse.spec.ref_min_score < sparse.spec.ref_max_score  # random < waypoint controller
-    quality = catalog.read_quality(ids[1])
-    assert quality["saco_reference"] == ids[0] and quality["saco"] == 1.0
+    stored = quality.read_quality(ids[1])
+    assert stored["saco_reference"] == ids[0] and stored["saco"] == 1.0
     assert sparse.size == 600 and not sparse.terminals.any()
     episodes = Evaluator(sparse.spec, [0], 1)
     result = episodes.run(lambda observations, _: np.zeros((1, 1, 2), np.float32))

@@ -15,8 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from offbench.bench.cli import app
+from offbench.datasets import quality
 from offbench.datasets.dataset import DatasetError
-from offbench.datasets.generate import catalog, policies
+from offbench.datasets.generate import catalog, policies, storage
 from offbench.datasets.sources import load_dataset
 
 SIZE = 1_000
@@ -86,7 +87,7 @@ def episodes_of(identifier: str) -> list[dict[str, np.ndarray]]:
 
 def assert_clean(root: Path, expected: set[str] = frozenset()) -> None:
     """No staging folder, no temporary file, and exactly the ``expected`` datasets."""
-    assert not [p for p in root.iterdir() if p.name.startswith(catalog.STAGING_PREFIX)]
+    assert not [p for p in root.iterdir() if p.name.startswith(storage.STAGING_PREFIX)]
     assert not list(root.rglob("*.tmp-*"))
     assert set(minari.list_local_datasets()) == set(expected)
     dataset_dirs = {str(p.parent.parent.relative_to(root)) for p in root.rglob("data/metadata.json")}
@@ -270,7 +271,7 @@ def test_generate_one_mixed_id_on_demand_writes_its_bases_then_reuses_them(polic
     assert good >= 100
     assert_clean(root, {*bases, mixed, other})
     # no medium-replay yet, so no SACo reference: nothing computed, nothing stored
-    assert catalog.read_quality(other) is None
+    assert quality.read_quality(other) is None
 
 
 def test_a_sweep_generates_missing_ids_in_any_order(policies_dir, root, monkeypatch):
@@ -299,22 +300,22 @@ def test_compute_quality_round_trips_through_read_quality(family, tmp_path, monk
     tables = catalog.compute_quality("hopper")
     assert set(tables) == set(minari.list_local_datasets())
     for identifier, table in tables.items():
-        assert catalog.read_quality(identifier) == json.loads(json.dumps(table))
+        assert quality.read_quality(identifier) == json.loads(json.dumps(table))
         assert table["saco_reference"] == reference
     assert tables[reference]["saco"] == 1.0
     assert tables[catalog.dataset_id("hopper", "expert")]["tq"] > tables[reference]["tq"]
-    assert catalog.read_quality("offbench/hopper/medium-v0") is None
-    assert catalog.read_quality(str(tmp_path / "somewhere.hdf5")) is None
+    assert quality.read_quality("offbench/hopper/medium-v0") is None
+    assert quality.read_quality(str(tmp_path / "somewhere.hdf5")) is None
     assert not list(root.rglob("*.tmp-*"))
 
     # A generation killed after moving a dataset into place leaves it without its metrics: the next sweep
     # (or `datasets info`) completes them, equal to what the generation would have written.
     expert = catalog.dataset_id("hopper", "expert")
-    catalog.quality_path(expert).unlink()
+    quality.quality_path(expert).unlink()
     from offbench.datasets.provision import ensure_datasets
 
     ensure_datasets([expert], [expert])
-    assert catalog.read_quality(expert) == json.loads(json.dumps(tables[expert]))
+    assert quality.read_quality(expert) == json.loads(json.dumps(tables[expert]))
     assert catalog.complete_quality(expert) is False  # nothing left to complete
 
 
@@ -364,7 +365,7 @@ def test_a_damaged_dataset_folder_is_reported_before_any_work(policies_dir, root
         with pytest.raises(DatasetError, match="no complete Minari dataset.*--overwrite"):
             generate(kinds, size=300, policies_dir=policies_dir)
     assert not (root / catalog.dataset_id("hopper", "expert")).exists()
-    assert not [p for p in root.iterdir() if p.name.startswith(catalog.STAGING_PREFIX)]
+    assert not [p for p in root.iterdir() if p.name.startswith(storage.STAGING_PREFIX)]
 
 
 @pytest.mark.parametrize("damage", ["flipped bytes", "undecodable"])
@@ -414,14 +415,14 @@ def test_missing_policies_name_make_policies(tmp_path, root):
 
 
 def test_a_failure_while_writing_leaves_nothing_behind(policies_dir, root, monkeypatch):
-    real = catalog.write_minari
+    real = storage.write_minari
 
     def write_then_fail(identifier, *args, **kwargs):
         real(identifier, *args, **kwargs)
         if identifier.endswith("/expert-v0"):
             raise OSError("disk full")
 
-    monkeypatch.setattr(catalog, "write_minari", write_then_fail)
+    monkeypatch.setattr(storage, "write_minari", write_then_fail)
     with pytest.raises(OSError, match="disk full"):
         generate(("random", "expert"), size=300, policies_dir=policies_dir)
     # the dataset finished before the failure stays; the failed one left no trace
@@ -429,9 +430,9 @@ def test_a_failure_while_writing_leaves_nothing_behind(policies_dir, root, monke
 
 
 def test_stale_staging_of_a_dead_process_is_removed(root):
-    stale = root / f"{catalog.STAGING_PREFIX}999999999"
+    stale = root / f"{storage.STAGING_PREFIX}999999999"
     (stale / "offbench").mkdir(parents=True)
-    catalog.remove_stale_staging()
+    storage.remove_stale_staging()
     assert not stale.exists()
 
 
@@ -446,7 +447,7 @@ def test_cli_generates_lists_and_prints_quality(policies_dir, root, monkeypatch)
     assert result.exit_code == 0, result.output
     ids = {catalog.dataset_id("hopper", kind) for kind in catalog.KINDS}
     assert_clean(root, ids)
-    stored = {identifier: catalog.read_quality(identifier) for identifier in ids}
+    stored = {identifier: quality.read_quality(identifier) for identifier in ids}
     assert all(table is not None for table in stored.values())
     # computed from the episodes in memory during generation; the same when read back from disk
     from_disk = catalog.compute_quality("hopper")
@@ -474,7 +475,7 @@ def test_cli_generates_lists_and_prints_quality(policies_dir, root, monkeypatch)
     assert filled.exit_code == 0 and "hopper: 1 datasets written" in filled.output, filled.output
     for old, new in zip(before, episodes_of(medium_expert), strict=True):
         assert all(np.array_equal(old[key], new[key]) for key in KEYS)
-    assert catalog.read_quality(medium_expert) == stored[medium_expert]
+    assert quality.read_quality(medium_expert) == stored[medium_expert]
     nothing = runner.invoke(app, missing_only)
     assert nothing.exit_code == 0 and "every dataset already exists" in nothing.output
     for args, message in ((["--env", "hoper"], "Did you mean 'hopper'"), (["--size", "0"], "positive")):

@@ -41,10 +41,8 @@ import functools
 import json
 import os
 import re
-import shutil
 import time
 import warnings
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,7 +51,15 @@ import jax
 import numpy as np
 
 from offbench.datasets.dataset import DatasetError
-from offbench.datasets.generate.rollout import Episode, collect_episodes, write_minari
+from offbench.datasets.generate.rollout import Episode, collect_episodes
+from offbench.datasets.generate.storage import (
+    check_size,
+    exists,
+    kind_seed,
+    remove_stale_staging,
+    write_atomically,
+)
+from offbench.datasets.quality import read_quality
 from offbench.datasets.sources import minari_datasets_path
 from offbench.hints import suggest
 
@@ -66,8 +72,6 @@ DEFAULT_SIZE = 100_000
 REFERENCE_EPISODES = 100
 REFERENCE_SEED = 123
 PARALLEL_MIN_SIZE = 20_000
-QUALITY_FILE = "offbench_quality.json"
-STAGING_PREFIX = ".offbench-staging-"
 ID_PATTERN = re.compile(r"^offbench/([a-z0-9]+)/([a-z0-9\-]+)-v0$")
 MIXED_PATTERN = re.compile(r"^random-(medium|expert)-(\d+)pct$")
 
@@ -105,16 +109,6 @@ def check_env(env: str) -> str:
     return ENVS[env]
 
 
-def check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size <= 0:
-        raise DatasetError(f"--size must be a positive number of transitions, got {size!r}.")
-    return int(size)
-
-
-def exists(identifier: str) -> bool:
-    return (minari_datasets_path() / identifier / "data" / "metadata.json").exists()
-
-
 def missing_kinds(env: str) -> tuple[str, ...]:
     """The kinds of ``env`` with no complete dataset yet, in catalog order (``--missing-only``)."""
     return tuple(k for k in KINDS if not exists(dataset_id(env, k)))
@@ -127,12 +121,6 @@ def dependencies(kind: str) -> tuple[str, ...]:
     if kind == "medium-expert":
         return ("medium", "expert")
     return ("random", MIXED_PATTERN.match(kind).group(1))
-
-
-def kind_seed(seed: int, *parts: str | int) -> int:
-    """A seed for one part of a generation, a pure function of (seed, parts); parts are names or ints."""
-    words = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
-    return int(np.random.SeedSequence([int(seed), *words]).generate_state(1)[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -387,80 +375,6 @@ def describe(env: str, kind: str, size: int, seed: int, policies: Policies, refs
 # Writing
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (a stale staging folder's owner does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_staging(root: Path | None = None) -> None:
-    """Delete staging folders left by generations that were killed (their process no longer runs)."""
-    root = root or minari_datasets_path()
-    if not root.is_dir():
-        return
-    for folder in root.glob(f"{STAGING_PREFIX}*"):
-        suffix = folder.name[len(STAGING_PREFIX) :]
-        if suffix.isdigit() and int(suffix) != os.getpid() and not pid_alive(int(suffix)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def write_atomically(
-    identifier: str,
-    env_id: str,
-    episodes: list[Episode],
-    refs: tuple[float, float] | None,
-    description: str,
-    overwrite: bool,
-    env_kwargs: dict | None = None,
-    eval_env_kwargs: dict | None = None,
-) -> None:
-    """Write into ``<root>/.offbench-staging-<pid>`` and move the finished dataset into place.
-
-    ``env_id`` is the Gymnasium id of the evaluation environment; ``refs`` (ref_min, ref_max) or None;
-    ``env_kwargs`` / ``eval_env_kwargs`` as in :func:`rollout.write_minari`.
-    Whatever happens (an error, Ctrl-C), the staging folder is removed and ``<root>/<identifier>`` holds
-    either the previous complete dataset or the new complete one.
-    """
-    root = minari_datasets_path()
-    final = root / identifier
-    if final.exists() and not overwrite:
-        raise DatasetError(
-            f"dataset {identifier!r} already exists at {final}; pass --overwrite to replace it."
-        )
-    staging = root / f"{STAGING_PREFIX}{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    try:
-        os.environ["MINARI_DATASETS_PATH"] = str(staging)
-        try:
-            write_minari(
-                identifier,
-                env_id,
-                episodes,
-                ref_min_score=None if refs is None else refs[0],
-                ref_max_score=None if refs is None else refs[1],
-                description=description,
-                env_kwargs=env_kwargs,
-                eval_env_kwargs=eval_env_kwargs,
-            )
-        finally:
-            if previous is None:
-                del os.environ["MINARI_DATASETS_PATH"]
-            else:
-                os.environ["MINARI_DATASETS_PATH"] = previous
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            os.replace(final, staging / "replaced")  # same file system: the swap is two renames
-        os.replace(staging / identifier, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What one ``generate_env`` call will do, decided (and validated) before anything is collected."""
@@ -654,19 +568,6 @@ def generate(
 # Quality metrics, stored beside each dataset
 
 
-def quality_path(identifier: str) -> Path:
-    return minari_datasets_path() / identifier / QUALITY_FILE
-
-
-def read_quality(identifier: str) -> dict[str, Any] | None:
-    """The metrics ``compute_quality`` stored for a dataset id, or None (not computed, or not an id)."""
-    try:
-        path = quality_path(identifier)
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
-
-
 @functools.cache
 def action_space(env: str):
     from offbench.datasets.generate.rollout import make_envs
@@ -730,10 +631,7 @@ def compute_quality(
             continue
         data = reference if identifier == reference_id else load(identifier)
         table = quality.quality_table(data, reference, data.spec.ref_min_score, data.spec.ref_max_score)
-        path = quality_path(identifier)
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        temporary.write_text(json.dumps(table, indent=2))
-        os.replace(temporary, path)
+        quality.write_quality(identifier, table)
         tables[identifier] = table
     return tables
 

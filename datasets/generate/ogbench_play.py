@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 
 from offbench.datasets.dataset import DatasetError
-from offbench.datasets.generate import catalog
+from offbench.datasets.generate import storage
 from offbench.datasets.generate.rollout import Episode
+from offbench.datasets.sources import minari_datasets_path
 from offbench.hints import suggest
 
 NAMESPACE = "offbench/ogbench/"
@@ -103,13 +104,13 @@ def plan_generation(
         raise DatasetError(
             f"OGBench {env} tasks are {TASKS[0]}-{TASKS[-1]}, got {list(tasks)}. Pass --task 1 (or another)."
         )
-    catalog.check_size(size)
+    storage.check_size(size)
     if isinstance(episode_length, bool) or not isinstance(episode_length, int) or episode_length <= 0:
         raise DatasetError(f"the episode length must be a positive number of steps, got {episode_length!r}.")
     identifiers = [dataset_id(env, task) for task in dict.fromkeys(tasks)]
-    root = catalog.minari_datasets_path()
-    broken = [i for i in identifiers if (root / i).exists() and not catalog.exists(i)]
-    present = [i for i in identifiers if catalog.exists(i)]
+    root = minari_datasets_path()
+    broken = [i for i in identifiers if (root / i).exists() and not storage.exists(i)]
+    present = [i for i in identifiers if storage.exists(i)]
     if broken and not overwrite:
         raise DatasetError(
             f"{', '.join(str(root / i) for i in broken)} hold(s) no complete Minari dataset (interrupted or "
@@ -152,9 +153,9 @@ def collect_play(
     oracle = CubePlanOracle(env=environment, noise=NOISE, noise_smoothing=NOISE_SMOOTHING)
     observations, actions, qpos = [], [], []
     started = time.perf_counter()
-    with numpy_global_seed(catalog.kind_seed(seed, env, "oracle")):
+    with numpy_global_seed(storage.kind_seed(seed, env, "oracle")):
         for episode in range(episodes):
-            observation, info = environment.reset(seed=catalog.kind_seed(seed, env, episode))
+            observation, info = environment.reset(seed=storage.kind_seed(seed, env, episode))
             oracle.reset(observation, info)
             episode_observations, episode_actions, episode_qpos = [observation], [], []
             truncated = False
@@ -250,7 +251,7 @@ def generate_play(
     (the same transitions, relabelled); returns the ids written. Everything :func:`plan_generation`
     checks is checked before the environment is stepped."""
     identifiers = plan_generation(env, tasks, size, overwrite, episode_length)
-    catalog.remove_stale_staging()
+    storage.remove_stale_staging()
     episodes = math.ceil(size / episode_length)
     play = collect_play(env, episodes, episode_length, seed, log)
     for task, identifier in zip(dict.fromkeys(tasks), identifiers, strict=True):
@@ -265,7 +266,7 @@ def generate_play(
         ]
         solved = float(terminals.any(axis=1).mean())
         description = describe(env, task, episodes, episode_length, seed, solved)
-        catalog.write_atomically(
+        storage.write_atomically(
             identifier, singletask_env_id(env, task), pieces, None, description, overwrite
         )
         if log is not None:

@@ -45,8 +45,9 @@ import numpy as np
 
 from offbench.datasets import robotics
 from offbench.datasets.dataset import DatasetError
-from offbench.datasets.generate import catalog
+from offbench.datasets.generate import storage
 from offbench.datasets.generate.rollout import Episode
+from offbench.datasets.sources import minari_datasets_path
 from offbench.hints import suggest
 
 NAMESPACE = "offbench/pointmaze/"
@@ -287,12 +288,12 @@ def plan_generation(maze: str, rewards: tuple[str, ...], size: int, overwrite: b
     unknown = [r for r in rewards if r not in REWARDS]
     if unknown or not rewards:
         raise DatasetError(f"PointMaze rewards are {' and '.join(REWARDS)}, got {list(rewards)}.")
-    catalog.check_size(size)
+    storage.check_size(size)
     identifiers = [dataset_id(maze, reward) for reward in REWARDS if reward in rewards]
-    present = [i for i in identifiers if (catalog.minari_datasets_path() / i).exists()]
+    present = [i for i in identifiers if (minari_datasets_path() / i).exists()]
     if present and not overwrite:
         raise DatasetError(
-            f"{len(present)} dataset(s) already exist under {catalog.minari_datasets_path()}: "
+            f"{len(present)} dataset(s) already exist under {minari_datasets_path()}: "
             f"{', '.join(present)}. Pass --overwrite (overwrite=True) to replace them, or delete them first."
         )
     return identifiers
@@ -309,7 +310,7 @@ def generate_maze(
 ) -> list[str]:
     """Write the sparse and/or dense dataset of one maze, with its quality metrics; returns the ids."""
     identifiers = plan_generation(maze, rewards, size, overwrite)
-    catalog.remove_stale_staging()
+    storage.remove_stale_staging()
     written = []
     for identifier in identifiers:
         reward = parse_id(identifier)[1]
@@ -317,7 +318,7 @@ def generate_maze(
         episodes = collect(maze, reward, size, seed)
         collected = time.perf_counter() - tic
         refs = reference_scores(maze, reward, reference_episodes)
-        catalog.write_atomically(
+        storage.write_atomically(
             identifier,
             env_id(maze, reward),
             episodes,
@@ -349,14 +350,14 @@ def write_quality(maze: str, identifiers: list[str]) -> dict[str, dict[str, Any]
     from offbench.datasets.sources import load_dataset
 
     reference_id = dataset_id(maze, "sparse")
-    if not identifiers or not catalog.exists(reference_id):
+    if not identifiers or not storage.exists(reference_id):
         return {}
     reference = load_dataset(reference_id)
     tables = {}
     for identifier in identifiers:
         data = reference if identifier == reference_id else load_dataset(identifier)
         table = quality.quality_table(data, reference)
-        path = catalog.quality_path(identifier)
+        path = quality.quality_path(identifier)
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         temporary.write_text(json.dumps(table, indent=2))
         os.replace(temporary, path)

@@ -2,7 +2,7 @@
 
 Episodes keep Minari's layout (T+1 observations for T steps) so every transition keeps its true next
 observation. Writing goes through ``minari.create_dataset_from_buffers`` for the metadata and a direct
-HDF5 writer in Minari's layout for the episodes (no per-step callbacks); ``catalog.write_atomically``
+HDF5 writer in Minari's layout for the episodes (no per-step callbacks); ``storage.write_atomically``
 writes into a temporary Minari root and moves the finished dataset into place.
 """
 
