@@ -12,14 +12,15 @@ Four tables, written as parquet under ``results/perf/<device>-gpu-check/`` and p
 - ``memory``: the dataset's bytes on the device and the device's peak bytes in use over the whole check.
 
 Memory per update chunk comes from XLA's analysis of the compiled chunk (``Compiled.memory_analysis``):
-argument bytes (dataset, shared arrays, every seed's state and key), output bytes that are not donated
-arguments, and temporaries. The dataset is an argument of the chunk that ``vmap`` leaves unbatched, so it
-is counted once whatever the seed count; the rest grows with the seeds. The device's own peak
-(``Device.memory_stats()['peak_bytes_in_use']``) is reported where the backend keeps one (GPU, TPU); the
-CPU backend keeps none, and the column is empty there.
+argument bytes (the dataset arrays the algorithm reads, shared arrays, every seed's state and key),
+output bytes that are not donated arguments, and temporaries. The dataset is an argument of the chunk
+that ``vmap`` leaves unbatched, so it is counted once whatever the seed count; the rest grows with the
+seeds. The device's own peak (``Device.memory_stats()['peak_bytes_in_use']``) is reported where the
+backend keeps one (GPU, TPU); the CPU backend keeps none, and the column is empty there.
 
-On a GPU the full check takes a few minutes (compiles dominate); ``--quick`` shrinks it to 1 and 2 seeds,
-a small roofline and a tiny run so that it also runs on a CPU, where it is tested.
+On a GPU the full check should take a few minutes, compiles first (an estimate: no GPU has run it yet).
+``--quick`` shrinks it to 1 and 2 seeds, a small roofline and a tiny run, so that it also runs on a CPU,
+where it is tested.
 """
 
 from __future__ import annotations
