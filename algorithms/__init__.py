@@ -1,13 +1,6 @@
-"""Offline-RL algorithms. Each module reads top to bottom: Config, networks, init, update, act.
-
-Register a new algorithm by adding its module to ``REGISTRY``; the module must define
-``Config`` (a frozen dataclass subclassing ``BaseConfig``), ``State`` (a pytree with a ``step``
-field), ``init(key, dataset, cfg)``, ``update(state, batch, key, cfg)``, ``act(state, observations,
-cfg)`` and may define ``DATASET_OVERRIDES`` (per-dataset settings published by the authors).
-
-An algorithm that needs arrays derived from the whole dataset inside its update (PRDC's search
-table) defines ``shared_arrays(data, cfg)``: the engine computes it once per job, shares it across
-seeds (not vmapped) and passes it as ``update(state, batch, key, cfg, shared=...)``.
+"""Offline-RL algorithms. Each module reads top to bottom: Config, networks, init, update, act, and ends
+with its declaration, ``ALGORITHM = Algorithm(...)``: everything the training engine needs to know of
+it, stated explicitly. Register a new algorithm by adding its module to ``REGISTRY``.
 """
 
 from __future__ import annotations
@@ -15,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
+
+from offbench.hints import suggest
 
 REGISTRY: dict[str, str] = {
     "bc": "offbench.algorithms.bc",
@@ -28,39 +22,33 @@ REGISTRY: dict[str, str] = {
     "dqc": "offbench.algorithms.dqc",
 }
 
+DatasetOverrides = tuple[tuple[str, dict[str, Any]], ...]
+
 
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
+    """An algorithm as the engine sees it.
+
+    ``init(key, dataset, cfg) -> state``; ``update(state, batch, key, cfg) -> (state, metrics)``, with
+    ``shared=`` added when ``shared_arrays`` is declared; ``act(state, observations, cfg) -> actions``,
+    with a key added when ``act_needs_key``. ``Config`` is a frozen dataclass subclassing ``BaseConfig``
+    and the state a pytree with a ``step`` field.
+    """
+
     name: str
-    module: ModuleType
-
-    @property
-    def Config(self) -> type:  # noqa: N802 - mirrors the module attribute
-        return self.module.Config
-
-    @property
-    def init(self) -> Callable:
-        return self.module.init
-
-    @property
-    def update(self) -> Callable:
-        return self.module.update
-
-    @property
-    def act(self) -> Callable:
-        return self.module.act
-
-    @property
-    def act_needs_key(self) -> bool:
-        return bool(getattr(self.module, "ACT_NEEDS_KEY", False))
-
-    @property
-    def shared_arrays(self) -> Callable | None:
-        return getattr(self.module, "shared_arrays", None)
-
-    @property
-    def dataset_overrides(self) -> tuple[tuple[str, dict[str, Any]], ...]:
-        return tuple(getattr(self.module, "DATASET_OVERRIDES", ()))
+    Config: type  # noqa: N815 - the class, named as in its module
+    init: Callable
+    update: Callable
+    act: Callable
+    # Per-dataset settings published by the authors: (dataset-id glob, {field: value}), first match wins.
+    dataset_overrides: DatasetOverrides = ()
+    # Arrays derived from the whole dataset that the update needs (PRDC's search table): the engine
+    # computes them once per job as ``shared_arrays(training_data, cfg)`` and shares them across seeds.
+    shared_arrays: Callable | None = None
+    # Evaluation samples (e.g. best-of-N candidates): ``act`` takes a key as its last argument.
+    act_needs_key: bool = False
+    # Training batches of H-step windows instead of transitions (action chunks): H from the config.
+    batch_horizon: Callable[[Any], int] | None = None
 
 
 class UnknownAlgorithmError(ValueError):
@@ -69,13 +57,11 @@ class UnknownAlgorithmError(ValueError):
 
 def get_algorithm(name: str) -> Algorithm:
     if name not in REGISTRY:
-        from offbench.datasets.dataset import suggest
-
         raise UnknownAlgorithmError(
             f"unknown algorithm {name!r}.{suggest(name, list(REGISTRY))} "
             f"Available: {', '.join(sorted(REGISTRY))}."
         )
-    return Algorithm(name, importlib.import_module(REGISTRY[name]))
+    return importlib.import_module(REGISTRY[name]).ALGORITHM
 
 
 def available_algorithms() -> list[str]:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from offbench.algorithms import Algorithm, optim
 from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import DeterministicActor
 from offbench.algorithms.sampling import Batch
@@ -44,7 +45,7 @@ def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
     params = network(cfg, spec.action_dim, max_action).init(key, jnp.zeros((1, spec.observation_dim)))
     return State(
         actor=params,
-        actor_opt=optax.adam(cfg.actor_lr).init(params),
+        actor_opt=optim.adam(cfg.actor_lr).init(params),
         step=jnp.zeros((), jnp.int32),
         action_dim=spec.action_dim,
         max_action=max_action,
@@ -59,11 +60,12 @@ def loss_fn(params: dict, state: State, batch: Batch, cfg: Config):
 
 def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[State, dict]:
     grads, info = jax.grad(loss_fn, has_aux=True)(state.actor, state, batch, cfg)
-    updates, actor_opt = optax.adam(cfg.actor_lr).update(grads, state.actor_opt)
-    return state.replace(
-        actor=optax.apply_updates(state.actor, updates), actor_opt=actor_opt, step=state.step + 1
-    ), info
+    actor, actor_opt = optim.step(optim.adam(cfg.actor_lr), state.actor, grads, state.actor_opt)
+    return state.replace(actor=actor, actor_opt=actor_opt, step=state.step + 1), info
 
 
 def act(state: State, observations: jax.Array, cfg: Config) -> jax.Array:
     return network(cfg, state.action_dim, state.max_action).apply(state.actor, observations)
+
+
+ALGORITHM = Algorithm(name="bc", Config=Config, init=init, update=update, act=act)

@@ -19,6 +19,8 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from offbench.hints import suggest
+
 RewardNormalization = Literal["none", "return_range"]
 RANGE = "range"
 
@@ -151,6 +153,14 @@ def check_ranges(config_type: type, values: Mapping[str, Any]) -> None:
         )
 
 
+def published_override(dataset_id: str, dataset_overrides: DatasetOverrides) -> Mapping[str, Any]:
+    """The settings of the first override whose shell-style glob matches ``dataset_id`` ({} if none)."""
+    for pattern, override in dataset_overrides:
+        if fnmatch.fnmatch(dataset_id, pattern):
+            return override
+    return {}
+
+
 def resolve_config(
     config_type: type,
     dataset_id: str,
@@ -162,16 +172,10 @@ def resolve_config(
 
     Dataset patterns are shell-style globs matched against the dataset id, in table order.
     """
-    values: dict[str, Any] = {}
-    for pattern, override in dataset_overrides:
-        if fnmatch.fnmatch(dataset_id, pattern):
-            values.update(override)
-            break
+    values = dict(published_override(dataset_id, dataset_overrides))
     fields = config_fields(config_type)
     for key, value in (user_overrides or {}).items():
         if key not in fields:
-            from offbench.datasets.dataset import suggest
-
             raise ValueError(
                 f"{config_type.__module__.rsplit('.', 1)[-1]} has no hyper-parameter {key!r}."
                 f"{suggest(key, list(fields))} Known: {', '.join(sorted(fields))}."

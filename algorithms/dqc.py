@@ -1,8 +1,9 @@
 """DQC (Li, Park & Levine, 2025): decoupled Q-chunking, ported to reward-based offline RL.
 
-Spec: reference/algorithms.md §4.3 (losses), §4.4 (action selection), §4.5 (hyper-parameters) and the
-reward-based port of §4.9; the official code (ColinQiyangLi/dqc) is goal-conditioned with sigmoid/BCE
-heads, so every head here is an unbounded scalar trained with a squared or absolute loss.
+Follows the paper (arXiv 2512.10926) and the official code (ColinQiyangLi/dqc) for the losses, action
+selection and hyper-parameters. That code is goal-conditioned with sigmoid/BCE heads; on reward-based
+data every head here is an unbounded scalar trained with a squared or absolute loss, with QC's
+(Li, Zhou & Levine, 2025) reward-based chunk backup.
 
 Four modules, one Adam optimiser over all of them, one joint gradient step on the summed loss:
 1. chunk critic Q_H^i(s_t, a_{t:t+H}), an ensemble, MSE to y = R_H + gamma^{k*} m V(s_{t+k*}) with the
@@ -19,14 +20,14 @@ At evaluation (``act``): N candidate chunks from the flow (Euler, ``flow_steps``
 action bounds), scored by agg_i Q_h^i with the online critic; the best one's h_a actions are executed
 open-loop by the evaluator, which then re-plans.
 
-Ablations (§4.3 item 6; ``ablation`` builds the overrides): with ``use_chunk_critic=False`` there is no
-Q_H and Q_h is trained directly on y with weight kappa_d (0.5 = plain MSE). QC: h_a = H. QC-NS: h_a < H.
-NS: h_a = 1 (n-step with n = H). OS: H = h_a = 1 (one-step TD).
+Ablations (the paper's baselines; ``ablation`` builds the overrides): with ``use_chunk_critic=False``
+there is no Q_H and Q_h is trained directly on y with weight kappa_d (0.5 = plain MSE). QC: h_a = H.
+QC-NS: h_a < H. NS: h_a = 1 (n-step with n = H). OS: H = h_a = 1 (one-step TD).
 
 Defaults and departures:
 - Config defaults are a CPU size: 4 x 256 networks, batch 256. The paper's size (4 x 1024, batch 4096,
   ``FULL_SCALE``) is for GPUs. Horizons H = 25, h_a = 5 are the paper's main setting. gamma = 0.99 and
-  agg = min are §4.9's choices for reward-based data; kappa_b = 0.9 and kappa_d = 0.8 are the upper ends
+  agg = min are QC's choices for reward-based data; kappa_b = 0.9 and kappa_d = 0.8 are the upper ends
   of its ranges (0.7-0.9, 0.5-0.8), close to the paper's cube setting (0.93, 0.8). None is tuned yet.
 - The MLPs are OGBench's (Dense -> GELU -> LayerNorm, variance-scaling fan_avg uniform init, linear
   output): ``nets.MLP`` with ``MLP_STYLE``.
@@ -50,14 +51,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from offbench.algorithms import Algorithm, optim
 from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import MLP, CriticEnsemble, ValueNetwork, polyak
 from offbench.algorithms.sampling import ChunkBatch
 from offbench.datasets.dataset import Dataset
 from offbench.datasets.sources import OGBENCH_DATASET_GLOBS
-
-# Evaluation samples candidate chunks: the engine passes a key to ``act``.
-ACT_NEEDS_KEY = True
 
 AGGREGATIONS = ("min", "mean")
 BACKUPS = ("quantile", "expectile")
@@ -98,15 +97,15 @@ class Config(BaseConfig):
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
 
 
-# The paper's network and batch size (§4.5), for GPU runs: pass as hyper-parameter overrides.
+# The paper's network and batch size, for GPU runs: pass as hyper-parameter overrides.
 FULL_SCALE: dict[str, Any] = {"hidden_dims": (1024, 1024, 1024, 1024), "batch_size": 4096}
 
-# DQC trains on raw observations in OGBench (§4.2); locomotion keeps the base normalisation.
+# DQC trains on raw observations in OGBench (the official code); locomotion keeps the base normalisation.
 DATASET_OVERRIDES = tuple((glob, {"normalize_observations": False}) for glob in OGBENCH_DATASET_GLOBS)
 
 
 def ablation(name: str, horizon: int = 25, action_horizon: int = 5) -> dict[str, Any]:
-    """Hyper-parameter overrides for DQC and the paper's baselines (§4.3 item 6, §4.6).
+    """Hyper-parameter overrides for DQC and the paper's baselines (its ablation figures).
 
     ``dqc``: DQC(H, h_a). ``qc``: QC(H), one critic over the whole H-chunk. ``qc_ns``: QC-NS(n = H, h_a).
     ``ns``: n-step with a single action, n = H. ``os``: one-step TD. The baselines distil with
@@ -168,10 +167,6 @@ def value_network(cfg: Config) -> ValueNetwork:
     return ValueNetwork(cfg.hidden_dims, **MLP_STYLE)
 
 
-def optimizer(cfg: Config) -> optax.GradientTransformation:
-    return optax.adam(cfg.lr)
-
-
 def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
     spec = dataset.spec
     nets = networks(cfg, spec.action_dim)
@@ -189,7 +184,7 @@ def init(key: jax.Array, dataset: Dataset, cfg: Config) -> State:
     return State(
         params=params,
         critic_target=params["critic"],
-        opt=optimizer(cfg).init(params),
+        opt=optim.adam(cfg.lr).init(params),
         step=jnp.zeros((), jnp.int32),
         action_dim=spec.action_dim,
         action_low=tuple(float(x) for x in spec.action_low),
@@ -274,8 +269,7 @@ def update(state: State, batch: ChunkBatch, key: jax.Array, cfg: Config) -> tupl
     grads, info = jax.grad(loss_fn, has_aux=True)(
         state.params, state.critic_target, batch, key, cfg, state.action_dim
     )
-    updates, opt = optimizer(cfg).update(grads, state.opt, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt = optim.step(optim.adam(cfg.lr), state.params, grads, state.opt)
     return state.replace(
         params=params,
         opt=opt,
@@ -319,3 +313,15 @@ def act(state: State, observations: jax.Array, cfg: Config, key: jax.Array) -> j
     scores = aggregate(score_chunks(state, observations, candidates, cfg), cfg.q_agg)
     chunk = best_of_n(candidates, scores)
     return chunk.reshape(observations.shape[0], cfg.action_horizon, state.action_dim)
+
+
+ALGORITHM = Algorithm(
+    name="dqc",
+    Config=Config,
+    init=init,
+    update=update,
+    act=act,
+    dataset_overrides=DATASET_OVERRIDES,
+    act_needs_key=True,
+    batch_horizon=lambda cfg: cfg.critic_horizon,
+)

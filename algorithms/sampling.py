@@ -4,10 +4,11 @@
 preprocessing and builds the sampler's tables. ``sample`` runs inside the jitted training scan and
 draws one minibatch with a JAX key, so no host round trip happens per update.
 
-Samplers (any algorithm can use any of them; see reference/algorithms.md §3):
+Samplers (any algorithm can use any of them):
 - ``uniform``: every transition equally likely.
 - ``rw`` (return-weighted) and ``aw`` (advantage-weighted), Hong et al. (ICLR 2023), with the formulas
-  of the official JaxCQL / IQL / d3rlpy-TD3+BC samplers (§3.2, not the buggy variants of §3.4).
+  of the official JaxCQL / IQL / d3rlpy-TD3+BC samplers of Improbable-AI/harness-offline-rl. (That
+  repository's d3rlpy RW variants apply the softmax to raw returns and are not followed.)
   Trajectory i (an episode of the dataset's episode table: it ends at a terminal or a timeout, and an
   unfinished trailing episode is a trajectory of its own) has return G_i and length T_i. Its score is
   Ĝ_i = (G_i - min G) / (max G - min G) for rw, and the same min-max normalisation of the advantage
@@ -21,9 +22,10 @@ Samplers (any algorithm can use any of them; see reference/algorithms.md §3):
 
 Weights are static: computed once, in float64, and drawn from an exact alias table in O(1) per draw.
 
-Action chunks (DQC / QC, reference/algorithms.md §4.9): a config with a ``critic_horizon`` H asks for
-H-step windows instead of transitions (``draw`` dispatches on it). The window's start index comes from
-the configured sampler, so chunks compose with rw/aw/topk; see ``gather_chunks`` for the window rules.
+Action chunks (DQC / QC): data prepared with a ``horizon`` H (the algorithm's declared
+``batch_horizon``) yields H-step windows instead of transitions (``draw`` dispatches on it). The
+window's start index comes from the configured sampler, so chunks compose with rw/aw/topk; see
+``gather_chunks`` for the window rules.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 
 from offbench.algorithms.config import BaseConfig
 from offbench.datasets.dataset import Dataset
+from offbench.hints import suggest
 
 SAMPLERS = ("uniform", "rw", "aw", "topk")
 
@@ -72,8 +75,9 @@ class TrainingData:
     alias_index: jax.Array | None = None  # [N] int32
     # topk: the indices of the kept transitions, drawn uniformly.
     subset: jax.Array | None = None  # [K] int32
-    # Chunked configs: transitions from each row to its episode's last row, that row included.
+    # Chunked data: transitions from each row to its episode's last row, that row included.
     steps_to_end: jax.Array | None = None  # [N] int32
+    horizon: int | None = flax.struct.field(pytree_node=False, default=None)  # H of the windows, or None
 
 
 @flax.struct.dataclass
@@ -109,8 +113,6 @@ def reward_transform(dataset: Dataset, cfg: BaseConfig) -> tuple[float, float]:
 def check_sampler(cfg: BaseConfig) -> None:
     """Refuse an unknown sampler name or a setting outside its domain, naming the fix."""
     if cfg.sampler not in SAMPLERS:
-        from offbench.datasets.dataset import suggest
-
         # Case-folded, so the harness's spellings ("RW", "AW", "Top") find their match.
         raise ValueError(
             f"unknown sampler {cfg.sampler!r}.{suggest(cfg.sampler.lower(), SAMPLERS)} "
@@ -155,8 +157,8 @@ def trajectory_scores(dataset: Dataset, sampler: str) -> np.ndarray:
     Scores come from the dataset's raw rewards, not the algorithm's transformed ones. Min-max
     normalisation makes them invariant to the reward *scaling* algorithms apply (IQL's
     1000 / return range), but not to a per-step *shift*: r - 1 lowers G_i by T_i, favouring short
-    trajectories (§3.2 "Invariance"). The official IQL harness applies AntMaze's r - 1 before weighting,
-    which the reference suspects in AW's AntMaze degradation (§3.7). Raw rewards keep the sampler a
+    trajectories. The official IQL harness applies AntMaze's r - 1 before weighting, a plausible cause
+    of AW's weaker AntMaze results in the paper. Raw rewards keep the sampler a
     property of the dataset, identical for every algorithm it is paired with; the only departure from
     the official runs is IQL on datasets with a reward shift (AntMaze).
 
@@ -254,7 +256,8 @@ def alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return threshold, alias
 
 
-def prepare(dataset: Dataset, cfg: BaseConfig) -> TrainingData:
+def prepare(dataset: Dataset, cfg: BaseConfig, horizon: int | None = None) -> TrainingData:
+    """The job's training data; with ``horizon`` H, ``draw`` yields H-step windows (action chunks)."""
     check_sampler(cfg)
     # Sampler tables come from the raw dataset (see ``trajectory_scores``), before any transform.
     tables = {}
@@ -267,7 +270,6 @@ def prepare(dataset: Dataset, cfg: BaseConfig) -> TrainingData:
             # A full column (ALIAS_UNIT) aliases itself, so storing ALIAS_UNIT - 1 changes nothing.
             tables["alias_threshold"] = jnp.asarray(np.minimum(threshold, ALIAS_UNIT - 1).astype(np.uint32))
             tables["alias_index"] = jnp.asarray(alias, jnp.int32)
-    horizon = chunk_horizon(cfg)
     if horizon is not None:
         tables["steps_to_end"] = jnp.asarray(steps_to_episode_end(dataset, horizon))
     if cfg.normalize_observations:
@@ -275,7 +277,7 @@ def prepare(dataset: Dataset, cfg: BaseConfig) -> TrainingData:
     scale, shift = reward_transform(dataset, cfg)
     if (scale, shift) != (1.0, 0.0):
         dataset = dataset.replace(rewards=(scale * np.asarray(dataset.rewards) + shift).astype(np.float32))
-    return TrainingData(dataset=dataset.to_device(), sampler=cfg.sampler, **tables)
+    return TrainingData(dataset=dataset.to_device(), sampler=cfg.sampler, horizon=horizon, **tables)
 
 
 def sample_indices(data: TrainingData, key: jax.Array, batch_size: int) -> jax.Array:
@@ -306,11 +308,6 @@ def sample(data: TrainingData, key: jax.Array, batch_size: int) -> Batch:
     return gather(data.dataset, sample_indices(data, key, batch_size))
 
 
-def chunk_horizon(cfg: BaseConfig) -> int | None:
-    """The critic chunk length H a config asks for (its ``critic_horizon`` field), or None."""
-    return getattr(cfg, "critic_horizon", None)
-
-
 def steps_to_episode_end(dataset: Dataset, horizon: int) -> np.ndarray:
     """Per row, the number of transitions from it to its episode's last row inclusive (int32).
 
@@ -338,20 +335,20 @@ def steps_to_episode_end(dataset: Dataset, horizon: int) -> np.ndarray:
 
 
 def gather_chunks(data: TrainingData, starts: jax.Array, horizon: int, discount: float) -> ChunkBatch:
-    """The H-step windows starting at ``starts`` (reference/algorithms.md §4.9, item 1).
+    """The H-step windows starting at ``starts``, for chunked critics on reward-based data (DQC, QC).
 
     The window holds k* = min(H, steps to the episode's end) steps: it stops at the first terminal or
     timeout. Its return is sum_{j<k*} gamma^j r_{t+j}, it bootstraps from s_{t+k*} (the next observation
-    of its last step) with gamma^{k*}, and the mask is 0 only when that last step is a true terminal.
-    A window cut by a timeout (or by the end of an unfinished trailing episode) is kept and bootstraps
-    from the timeout's next observation, like a one-step TD backup at a time limit: nothing is dropped,
-    where §4.9 (and QC's ``valid[..., -1]``) drops or masks such windows. Dropping them would leave the
-    last H - 1 states of every time-limited episode without a critic target (2.4% of a D4RL locomotion
-    dataset at H = 25) and is not needed for a correct backup: a time limit is not an end of the MDP.
-    The price: a critic fed the padded chunk learns R_{k*} + gamma^{k*} V(s_{t+k*}), i.e. the value of the
-    k* dataset actions followed by the value's implicit policy, not of the padded actions themselves.
-    Steps past k* are padding: the actions repeat the last valid one, rewards are 0, ``valid`` marks
-    them 0.
+    of its last step) with gamma^{k*}, and the mask is 0 only when that last step is a true terminal. A
+    window cut by a timeout (or by the end of an unfinished trailing episode) is kept and bootstraps from
+    the timeout's next observation, like a one-step TD backup at a time limit: nothing is dropped, where
+    QC's official code (``valid[..., -1]``) drops such windows from the critic loss. Dropping them would
+    leave the last H - 1 states of every time-limited episode without a critic target (2.4% of a D4RL
+    locomotion dataset at H = 25) and is not needed for a correct backup: a time limit is not an end of
+    the MDP. The price: a critic fed the padded chunk learns R_{k*} + gamma^{k*} V(s_{t+k*}), i.e. the
+    value of the k* dataset actions followed by the value's implicit policy, not of the padded actions
+    themselves. Steps past k* are padding: the actions repeat the last valid one, rewards are 0, ``valid``
+    marks them 0.
     """
     dataset = data.dataset
     lengths = jnp.minimum(data.steps_to_end[starts], horizon)
@@ -373,21 +370,18 @@ def gather_chunks(data: TrainingData, starts: jax.Array, horizon: int, discount:
     )
 
 
-def sample_chunks(
-    data: TrainingData, key: jax.Array, batch_size: int, horizon: int, discount: float
-) -> ChunkBatch:
+def sample_chunks(data: TrainingData, key: jax.Array, batch_size: int, discount: float) -> ChunkBatch:
     """``batch_size`` H-step windows whose start indices come from the configured sampler."""
-    if data.steps_to_end is None:
+    if data.horizon is None:
         raise ValueError(
-            "this TrainingData was prepared for single transitions; prepare it with a config that sets "
-            "critic_horizon to sample action chunks."
+            "this TrainingData was prepared for single transitions; prepare it with a horizon "
+            "(sampling.prepare(dataset, cfg, horizon=H)) to sample action chunks."
         )
-    return gather_chunks(data, sample_indices(data, key, batch_size), horizon, discount)
+    return gather_chunks(data, sample_indices(data, key, batch_size), data.horizon, discount)
 
 
 def draw(data: TrainingData, key: jax.Array, cfg: BaseConfig) -> Batch | ChunkBatch:
-    """One training minibatch as ``cfg`` asks: H-step chunks when it has a ``critic_horizon``."""
-    horizon = chunk_horizon(cfg)
-    if horizon is None:
+    """One training minibatch: H-step windows when ``data`` was prepared with a horizon, else transitions."""
+    if data.horizon is None:
         return sample(data, key, cfg.batch_size)
-    return sample_chunks(data, key, cfg.batch_size, horizon, cfg.discount)
+    return sample_chunks(data, key, cfg.batch_size, cfg.discount)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from offbench.algorithms import optim
 from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import polyak
 from offbench.algorithms.sampling import Batch
@@ -64,8 +65,8 @@ def init(
         actor_target=actor_params,
         critic=critic_params,
         critic_target=critic_params,
-        actor_opt=optax.adam(cfg.actor_lr).init(actor_params),
-        critic_opt=optax.adam(cfg.critic_lr).init(critic_params),
+        actor_opt=optim.adam(cfg.actor_lr).init(actor_params),
+        critic_opt=optim.adam(cfg.critic_lr).init(critic_params),
         step=jnp.zeros((), jnp.int32),
         action_dim=spec.action_dim,
         max_action=max_action,
@@ -102,10 +103,8 @@ def critic_step(
 ) -> tuple[AnyState, dict[str, jax.Array]]:
     """One Adam step of the critics toward ``target``; counts the update (``step`` + 1)."""
     grads, info = jax.grad(critic_loss, has_aux=True)(state.critic, critic, batch, target)
-    updates, critic_opt = optax.adam(cfg.critic_lr).update(grads, state.critic_opt)
-    return state.replace(
-        critic=optax.apply_updates(state.critic, updates), critic_opt=critic_opt, step=state.step + 1
-    ), info
+    critic_params, critic_opt = optim.step(optim.adam(cfg.critic_lr), state.critic, grads, state.critic_opt)
+    return state.replace(critic=critic_params, critic_opt=critic_opt, step=state.step + 1), info
 
 
 def q_objective(q1: jax.Array, alpha: float) -> jax.Array:
@@ -126,8 +125,7 @@ def delayed_actor_step(
 
     def actor_step(state: AnyState) -> tuple[AnyState, dict[str, jax.Array]]:
         grads, info = jax.grad(actor_loss, has_aux=True)(state.actor, state)
-        updates, actor_opt = optax.adam(cfg.actor_lr).update(grads, state.actor_opt)
-        actor_params = optax.apply_updates(state.actor, updates)
+        actor_params, actor_opt = optim.step(optim.adam(cfg.actor_lr), state.actor, grads, state.actor_opt)
         return state.replace(
             actor=actor_params,
             actor_opt=actor_opt,

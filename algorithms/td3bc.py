@@ -11,7 +11,7 @@ import dataclasses
 
 import jax
 
-from offbench.algorithms import td3
+from offbench.algorithms import Algorithm, td3
 from offbench.algorithms.config import bounded
 from offbench.algorithms.nets import CriticEnsemble, DeterministicActor, first_critic
 from offbench.algorithms.sampling import Batch
@@ -22,6 +22,9 @@ from offbench.datasets.dataset import Dataset
 class Config(td3.Config):
     hidden_dims: tuple[int, ...] = bounded((256, 256), ge=1)
 
+
+# No DATASET_OVERRIDES: the official code and the paper (sfujim/TD3_BC) publish one setting (alpha 2.5)
+# for the locomotion datasets and nothing for AntMaze, Adroit, Kitchen or the mazes, which run it too.
 
 State = td3.State  # the actor, the twin critics, their targets and Adam states
 
@@ -59,3 +62,6 @@ def update(state: State, batch: Batch, key: jax.Array, cfg: Config) -> tuple[Sta
 def act(state: State, observations: jax.Array, cfg: Config) -> jax.Array:
     actor, _ = networks(cfg, state.action_dim, state.max_action)
     return actor.apply(state.actor, observations)
+
+
+ALGORITHM = Algorithm(name="td3bc", Config=Config, init=init, update=update, act=act)

@@ -123,7 +123,7 @@ def read_runs(path: Path, what: str) -> pd.DataFrame:
     from offbench.bench import results
 
     try:
-        frame = results.upgrade(pd.read_parquet(path), results.RUNS_SCHEMA)
+        frame = results.read_table(path, results.RUNS_SCHEMA)
     except (OSError, ValueError) as error:
         raise CheckError(f"cannot read {what} {path}: {error}") from error
     missing = [column for column in COLUMNS if column not in frame.columns]

@@ -9,7 +9,6 @@ version); :func:`load` resumes only a checkpoint of the same key and discards an
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from offbench.bench.results import write_text_atomic
+from offbench.files import atomic_path, write_text_atomic
 
 PROGRESS_FILE = "progress.json"
 
@@ -40,12 +39,8 @@ def save(
     checkpointer.save(directory / name, tree, force=True)
     checkpointer.wait_until_finished()
     arrays_name = f"arrays_{step:010d}.npz"
-    temporary = directory / f".{arrays_name}.tmp-{os.getpid()}.npz"
-    try:
+    with atomic_path(directory / arrays_name, suffix=".npz") as temporary:
         np.savez(temporary, **(arrays or {}))
-        os.replace(temporary, directory / arrays_name)
-    finally:
-        temporary.unlink(missing_ok=True)
     record = {"key": key, "checkpoint": name, "arrays": arrays_name, **progress}
     write_text_atomic(directory / PROGRESS_FILE, json.dumps(record))
     for old in [*directory.glob("step_*"), *directory.glob("arrays_*.npz")]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -30,22 +29,12 @@ console = Console(stderr=True)
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     """'0-4' -> (0,1,2,3,4); '0,2,5' -> (0,2,5); '3' -> (3,). Ranges and lists may be mixed."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not match:
-            raise typer.BadParameter(
-                f"cannot parse {text!r}: use a range '0-4', a list '0,2,5' or a single seed '3' "
-                "(non-negative integers)."
-            )
-        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-        if high < low:
-            raise typer.BadParameter(f"empty seed range {part!r}: write the smaller seed first, e.g. '0-4'.")
-        seeds.extend(range(low, high + 1))
-    if len(set(seeds)) != len(seeds):
-        raise typer.BadParameter(f"seeds {text!r} repeat a seed.")
-    return tuple(seeds)
+    from offbench.bench.suite import seed_list
+
+    try:
+        return seed_list(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
 
 
 def parse_hparams(items: list[str]) -> tuple[tuple[str, str], ...]:
@@ -263,11 +252,10 @@ def sweep(
     """Run every job of a suite (seeds vmapped inside each job). Reruns skip finished jobs, resume
     interrupted ones, and rerun exactly the jobs a changed suite changed."""
     from offbench.bench.suite import SuiteError, load_suite
-    from offbench.bench.sweep import SweepStopped, execute, plan
+    from offbench.bench.sweep import SweepStopped, check_executor, execute, plan
 
-    if executor not in ("local", "ray"):
-        fail(f"unknown executor {executor!r}: use 'local' or 'ray'.")
     try:
+        check_executor(executor)
         suite_spec = load_suite(suite)
         out = out or Path("results") / suite_spec.name
         with console.status("validating the suite and preparing datasets"):
@@ -320,7 +308,7 @@ def report(
     seed: Annotated[int, typer.Option(help="Seed of every bootstrap (same seed, same report).")] = 0,
 ) -> None:
     """Write LEADERBOARD.md, leaderboard.html and PNG plots for a results directory."""
-    from offbench.bench.report import ReportError, write_report
+    from offbench.bench.leaderboard import ReportError, write_report
 
     try:
         with console.status(f"reporting {escape(str(results_dir))}"):
@@ -433,8 +421,9 @@ def datasets_generate(
     env: Annotated[
         list[str],
         typer.Option(
-            help="hopper, halfcheetah, walker2d, or ogbench-cube-single (OGBench play data from its scripted "
-            "oracle); repeatable; default: the three MuJoCo environments."
+            help="hopper, halfcheetah, walker2d, ogbench-cube-single (OGBench play data from its scripted "
+            "oracle), or pointmaze-{open,umaze,medium,large} (D4RL-style PointMaze data, sparse and dense, "
+            "from Minari's waypoint controller); repeatable; default: the three MuJoCo environments."
         ),
     ] = [],  # noqa: B006
     size: Annotated[int, typer.Option(help="Transitions per base dataset.")] = 100_000,
@@ -456,13 +445,15 @@ def datasets_generate(
         ),
     ] = [],  # noqa: B006
 ) -> None:
-    """Generate offbench/<env>/* datasets from the committed behaviour policies, and OGBench play data
-    (offbench/ogbench/*) from OGBench's scripted oracle (no internet)."""
-    from offbench.datasets.dataset import DatasetError, suggest
-    from offbench.datasets.generate import catalog, ogbench_play
+    """Generate offbench/<env>/* datasets from the committed behaviour policies, OGBench play data
+    (offbench/ogbench/*) from OGBench's scripted oracle and PointMaze data (offbench/pointmaze/*) from
+    Minari's D4RL waypoint controller (no internet)."""
+    from offbench.datasets.dataset import DatasetError
+    from offbench.datasets.generate import catalog, ogbench_play, pointmaze
+    from offbench.hints import suggest
 
     envs = env or list(catalog.ENVS)
-    known = [*catalog.ENVS, *ogbench_play.CLI_ENVS]
+    known = [*catalog.ENVS, *ogbench_play.CLI_ENVS, *pointmaze.CLI_ENVS]
     tasks = tuple(task) or (ogbench_play.DEFAULT_TASK,)
     root = escape(str(catalog.minari_datasets_path()))
     log = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731
@@ -483,7 +474,13 @@ def datasets_generate(
         # What each environment is asked for: OGBench tasks, or catalog kinds.
         wanted: dict[str, tuple] = {}
         for name in envs:  # every environment is checked (policies included) before any is generated
-            if name in ogbench_play.CLI_ENVS:
+            if name in pointmaze.CLI_ENVS:
+                maze = pointmaze.CLI_ENVS[name]
+                present = {r for r in pointmaze.REWARDS if catalog.exists(pointmaze.dataset_id(maze, r))}
+                wanted[name] = tuple(r for r in pointmaze.REWARDS if not (missing_only and r in present))
+                if wanted[name]:
+                    pointmaze.plan_generation(maze, wanted[name], size, overwrite)
+            elif name in ogbench_play.CLI_ENVS:
                 play_env = ogbench_play.CLI_ENVS[name]
                 present = {t for t in tasks if catalog.exists(ogbench_play.dataset_id(play_env, t))}
                 wanted[name] = tuple(t for t in tasks if not (missing_only and t in present))
@@ -497,7 +494,17 @@ def datasets_generate(
             if not wanted[name]:
                 console.print(f"{name}: every dataset already exists under {root}; nothing to generate.")
                 continue
-            if name in ogbench_play.CLI_ENVS:
+            if name in pointmaze.CLI_ENVS:
+                with console.status(f"generating {pointmaze.NAMESPACE}{pointmaze.CLI_ENVS[name]}*"):
+                    written = pointmaze.generate_maze(
+                        pointmaze.CLI_ENVS[name],
+                        wanted[name],
+                        size=size,
+                        seed=seed,
+                        overwrite=overwrite,
+                        log=log,
+                    )
+            elif name in ogbench_play.CLI_ENVS:
                 with console.status(f"generating {ogbench_play.NAMESPACE}{ogbench_play.CLI_ENVS[name]}-*"):
                     written = ogbench_play.generate_play(
                         ogbench_play.CLI_ENVS[name],

@@ -51,7 +51,7 @@ from rich.table import Table
 
 from offbench.algorithms import Algorithm, get_algorithm, sampling
 from offbench.bench import provenance, results
-from offbench.bench.train import init_states, make_train_chunk, seed_keys, shared_arrays
+from offbench.bench.engine import init_states, make_train_chunk, seed_keys, shared_arrays, training_data
 from offbench.datasets.dataset import Dataset, DatasetError, DatasetSpec, build_dataset
 
 ROOFLINE_ALGORITHMS = ("bc", "td3bc", "iql", "a2pr")
@@ -358,7 +358,7 @@ def measure_algorithm(
     algorithm = get_algorithm(name)
     cfg = algorithm.Config(**(hparams or {}))
     tic = time.perf_counter()
-    data = sampling.prepare(dataset, cfg)
+    data = training_data(algorithm, dataset, cfg)
     shared = shared_arrays(algorithm, data, cfg)
     init_keys, keys = seed_keys(tuple(range(num_seeds)))
     states = init_states(algorithm, data, cfg, init_keys)

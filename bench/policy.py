@@ -104,7 +104,7 @@ class SavedPolicy:
 
     def batched_policy(self):
         """The engine's jitted ``(states, observations[S, E, obs], keys[S]) -> actions``."""
-        from offbench.bench.train import make_policy
+        from offbench.bench.engine import make_policy
 
         return make_policy(
             self.algorithm,
@@ -119,7 +119,7 @@ def read_policy(directory: str | Path) -> SavedPolicy:
     import orbax.checkpoint as ocp
 
     from offbench.algorithms import get_algorithm
-    from offbench.bench.train import abstract_states
+    from offbench.bench.engine import abstract_states
 
     directory = Path(directory).expanduser().absolute()
     try:
@@ -145,8 +145,8 @@ def evaluate_saved(
 ) -> dict[int, np.ndarray]:
     """Episode returns per seed of the saved policy, evaluated as the job's last evaluation was (same
     reset seeds, same policy keys), so the job's seeds and episodes give the job's last returns."""
+    from offbench.bench.engine import evaluate_states
     from offbench.bench.evaluate import Evaluator
-    from offbench.bench.train import evaluate_states
 
     seeds = saved.seeds if seeds is None else seeds
     unknown = sorted(set(seeds) - set(saved.seeds))
@@ -173,7 +173,7 @@ class Policy:
     def __init__(self, saved: SavedPolicy, seed: int | None = None) -> None:
         import jax
 
-        from offbench.bench.train import evaluation_keys, state_axes
+        from offbench.bench.engine import evaluation_keys, state_axes
 
         self.seed = saved.seeds[0] if seed is None else seed
         if self.seed not in saved.seeds:

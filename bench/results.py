@@ -43,7 +43,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from offbench.datasets.dataset import DatasetSpec
+from offbench.datasets.dataset import DATASET_FILE_SUFFIXES, DatasetSpec
+from offbench.files import atomic_path
 
 SCHEMA_VERSION = 3
 TABLES = ("evals", "runs", "metrics")
@@ -225,9 +226,6 @@ def hparams_hash(cfg: Any) -> str:
     return hashlib.sha256(hparams_json(cfg).encode()).hexdigest()[:12]
 
 
-DATASET_FILE_SUFFIXES = (".hdf5", ".h5", ".npz")
-
-
 def dataset_slug(dataset: str) -> str:
     """The dataset's part of a job name: the id with runs of other characters than letters, digits, '.'
     and '-' made '_'; a file's name without its folders, its suffix kept without the dot
@@ -336,13 +334,8 @@ def to_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
 
 
 def write_atomic(table: pa.Table, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as temporary:
         pq.write_table(table, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 
@@ -399,19 +392,6 @@ def remove_stale_temporaries(out_dir: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             removed.append(path)
     return removed
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` under a temporary name, then rename: readers see the old file or the new
-    one, and a failed write (a full disk) leaves neither a partial file nor a temporary one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
 
 
 def failure_keys(job: dict[str, Any]) -> dict[str, Any]:
@@ -478,13 +458,14 @@ def upgrade(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     return frame
 
 
-def read_table(directory: str | Path, schema: pa.Schema, columns: list[str] | None = None) -> pd.DataFrame:
-    """Every parquet file of ``directory`` as one frame, each file upgraded to this schema version
-    (:func:`upgrade`) and the columns of all files kept. ``columns`` selects columns; a file without
-    one of them gives nulls there. Raises FileNotFoundError when the directory holds no parquet file."""
-    paths = sorted(Path(directory).glob("*.parquet"))
+def read_table(location: str | Path, schema: pa.Schema, columns: list[str] | None = None) -> pd.DataFrame:
+    """A parquet file, or every parquet file of a directory, as one frame, each file upgraded to this
+    schema version (:func:`upgrade`) and the columns of all files kept. ``columns`` selects columns; a
+    file without one of them gives nulls there. Raises FileNotFoundError when there is no parquet file."""
+    location = Path(location)
+    paths = [location] if location.is_file() else sorted(location.glob("*.parquet"))
     if not paths:
-        raise FileNotFoundError(f"no parquet files in {directory}.")
+        raise FileNotFoundError(f"no parquet files in {location}.")
     frames = [upgrade(pd.read_parquet(path), schema) for path in paths]
     frame = pd.concat(frames, ignore_index=True)
     return frame if columns is None else frame.reindex(columns=columns)

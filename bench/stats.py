@@ -13,8 +13,12 @@ task. We reimplement them in numpy instead of depending on rliable because
   matrix); here the resamples are drawn as index arrays of shape ``(reps, runs, tasks)`` in chunks of
   bounded memory, and every statistic is evaluated on a whole chunk at once.
 
-Scores are normalised scores on the D4RL x100 scale (0 = random policy, 100 = expert), so the
-optimality gap's threshold defaults to ``gamma=100`` rather than rliable's ``gamma=1``.
+Scale: offbench's normalised scores are on the D4RL x100 scale (0 = random policy, 100 = expert),
+rliable's on [0, 1] (1 = expert). Only the optimality gap depends on it (its threshold is the expert
+score); mean, median and IQM are in the units of their input, probability of improvement and the
+profiles (at explicit thresholds) do not care. ``scale`` (:data:`SCALES`) says which one the scores
+are on: left unset it means x100 and the scores are checked (:func:`check_scale`), so [0, 1] scores
+passed without ``scale=1`` raise instead of getting a meaningless gap of about 99.
 
 Every aggregate accepts a score matrix ``(runs, tasks)`` and returns a float, or a batch of them
 ``(..., runs, tasks)`` and returns an array of shape ``(...)``; the bootstrap relies on the batched form.
@@ -22,6 +26,7 @@ Every aggregate accepts a score matrix ``(runs, tasks)`` and returns a float, or
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -84,14 +89,60 @@ def aggregate_iqm(scores: ArrayLike) -> float | np.ndarray:
     return _scalar_or_array(middle.mean(axis=-1))
 
 
-def aggregate_optimality_gap(scores: ArrayLike, gamma: float = 100.0) -> float | np.ndarray:
+SCALES = {100.0: "D4RL x100 (0 = random, 100 = expert)", 1.0: "[0, 1] as in rliable (1 = expert)"}
+"""The score scales the helpers know, by their expert score."""
+DEFAULT_SCALE = 100.0
+# Every score inside this band on the default x100 scale means at most 1.5% of the expert's score for
+# every run of every method, far likelier [0, 1] scores passed without ``scale=1``.
+_UNIT_SCALE_BAND = (-0.5, 1.5)
+# On the [0, 1] scale a score above 10 (ten times the expert) is an x100 score.
+_UNIT_SCALE_MAX = 10.0
+
+
+def check_scale(scores: ArrayLike, scale: float | None) -> float:
+    """The scale to use for ``scores``: ``scale`` if given, else x100; raises on an evident mismatch.
+
+    ``scale=None`` (not stated) with every score within [-0.5, 1.5] raises: those look like [0, 1]
+    scores. ``scale=1`` with a score above 10 raises: those are x100 scores. Stating ``scale=100``
+    skips the first check (a method that really scores at most 1.5 on the x100 scale).
+    """
+    if scale is not None and scale not in SCALES:
+        raise ValueError(
+            f"scale must be one of {sorted(SCALES)} ({'; '.join(SCALES.values())}), got {scale}."
+        )
+    array = np.asarray(scores, dtype=float)
+    finite = array[np.isfinite(array)]
+    if (
+        scale is None
+        and finite.size
+        and _UNIT_SCALE_BAND[0] <= finite.min() <= finite.max() <= _UNIT_SCALE_BAND[1]
+    ):
+        raise ValueError(
+            f"every score lies in [{finite.min():.3g}, {finite.max():.3g}]: these look like "
+            "[0, 1]-normalised scores, but no scale was given and the default is D4RL x100 "
+            "(100 = expert). Pass scale=1.0 for [0, 1] scores, or scale=100.0 if they really are x100 scores."
+        )
+    if scale == 1.0 and finite.size and finite.max() > _UNIT_SCALE_MAX:
+        raise ValueError(
+            f"scale=1.0 ([0, 1], 1 = expert) but a score is {finite.max():.3g}: these look like D4RL x100 "
+            "scores. Pass scale=100.0, or divide the scores by 100."
+        )
+    return DEFAULT_SCALE if scale is None else float(scale)
+
+
+def aggregate_optimality_gap(
+    scores: ArrayLike, gamma: float | None = None, scale: float | None = None
+) -> float | np.ndarray:
     """How far scores fall short of ``gamma``: ``gamma - mean(minimum(scores, gamma))`` over all runs x tasks.
 
-    Lower is better; scores above ``gamma`` earn no extra credit. rliable's default is ``gamma=1`` for
-    scores normalised to [0, 1]; our normalised scores are on the x100 scale (100 = expert), hence
-    ``gamma=100``.
+    Lower is better; scores above ``gamma`` earn no extra credit. ``gamma`` defaults to the expert score
+    of the scale: 100 on the D4RL x100 scale (the default), 1 with ``scale=1`` (rliable's default
+    ``gamma=1``). A single ``(runs, tasks)`` matrix without ``gamma`` is checked against its scale
+    (:func:`check_scale`); a bootstrap batch is not (the caller checked the matrix it came from).
     """
     array = _batched_scores(scores)
+    if gamma is None:
+        gamma = check_scale(array, scale) if array.ndim == 2 else (scale or DEFAULT_SCALE)
     return _scalar_or_array(gamma - np.minimum(array, gamma).mean(axis=(-2, -1)))
 
 
@@ -303,11 +354,14 @@ def aggregate_intervals(
     reps: int = 50_000,
     confidence: float = 0.95,
     seed: int = 0,
+    scale: float | None = None,
 ) -> pd.DataFrame:
     """Aggregate metrics with stratified-bootstrap confidence intervals for every method.
 
     ``score_dict`` maps a method name to its ``(runs, tasks)`` matrix (see :func:`score_matrices`);
-    ``metrics`` are keys of :data:`AGGREGATES`. As in rliable, all metrics of one method are computed on
+    ``metrics`` are keys of :data:`AGGREGATES`. ``scale`` is the scores' scale (:data:`SCALES`): the
+    optimality gap's threshold is its expert score; unset, it is x100 and all the scores together are
+    checked (:func:`check_scale`). As in rliable, all metrics of one method are computed on
     the same resamples. Each method is resampled with a fresh generator seeded with ``seed``, so its
     intervals do not depend on which other methods are in ``score_dict`` and equal
     ``stratified_bootstrap_ci(scores, AGGREGATES[metric], reps, confidence, seed)``.
@@ -319,14 +373,24 @@ def aggregate_intervals(
     if unknown or not metrics:
         raise ValueError(f"metrics must be a non-empty subset of {sorted(AGGREGATES)}, got {list(metrics)}.")
     _check_bootstrap_arguments(reps, confidence)
-    functions = [AGGREGATES[metric] for metric in metrics]
+    matrices = {
+        method: _score_matrix(scores, f"scores of method {method!r}") for method, scores in score_dict.items()
+    }
+    gamma = DEFAULT_SCALE
+    if matrices:
+        gamma = check_scale(np.concatenate([m.ravel() for m in matrices.values()]), scale)
+    functions = [
+        functools.partial(aggregate_optimality_gap, gamma=gamma)
+        if metric == "optimality_gap"
+        else AGGREGATES[metric]
+        for metric in metrics
+    ]
 
     def statistic(batch: np.ndarray) -> np.ndarray:
         return np.stack([np.asarray(function(batch)) for function in functions], axis=-1)
 
     rows = []
-    for method, scores in score_dict.items():
-        matrix = _score_matrix(scores, f"scores of method {method!r}")
+    for method, matrix in matrices.items():
         rng = np.random.default_rng(seed)
         replicates = _bootstrap_replicates([matrix], statistic, reps, rng, matrix.size)
         lower, upper = _percentile_interval(replicates, confidence)

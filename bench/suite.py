@@ -48,7 +48,7 @@ from offbench.algorithms import REGISTRY, get_algorithm
 from offbench.algorithms.config import config_fields, resolve_config
 from offbench.algorithms.sampling import SAMPLERS
 from offbench.bench.train import Job
-from offbench.datasets.dataset import suggest
+from offbench.hints import suggest
 
 SUITE_KEYS = {
     "name",
@@ -180,13 +180,31 @@ def _strings(value: Any, key: str, where: str, example: str, unique: bool = Fals
     return value
 
 
+def seed_list(text: str) -> tuple[int, ...]:
+    """'0-4' -> (0,1,2,3,4); '0,2,5' -> (0,2,5); '3' -> (3,). Ranges and lists may be mixed."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise ValueError(
+                f"cannot parse {text!r}: use a range '0-4', a list '0,2,5' or a single seed '3' "
+                "(non-negative integers)."
+            )
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if high < low:
+            raise ValueError(f"empty seed range {part!r}: write the smaller seed first, e.g. '0-4'.")
+        seeds.extend(range(low, high + 1))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {text!r} repeat a seed.")
+    return tuple(seeds)
+
+
 def parse_seeds(value: Any, where: str) -> tuple[int, ...]:
     if isinstance(value, str):
-        from offbench.bench.cli import parse_seeds as parse_text
-
         try:
-            return parse_text(value)
-        except Exception as error:  # typer.BadParameter carries the readable message
+            return seed_list(value)
+        except ValueError as error:
             raise SuiteError(f"{where}: {error}") from error
     if isinstance(value, list) and value and all(_natural(v) for v in value):
         if len(set(value)) != len(value):

@@ -25,8 +25,9 @@ from typing import Any
 from offbench.bench import provenance, results
 from offbench.bench.suite import Suite, SuiteError, expand_datasets
 from offbench.bench.train import ChunkReport, Job, JobIdentity, identify, resolve, run_job, state_bytes
-from offbench.datasets.dataset import Dataset, DatasetError, DatasetSpec, suggest
-from offbench.datasets.sources import OGBENCH_NAME, import_ogbench, ogbench_data_dir, resolve_ogbench_name
+from offbench.datasets import provision
+from offbench.datasets.dataset import Dataset, DatasetError, DatasetSpec
+from offbench.files import write_text_atomic
 
 
 @dataclasses.dataclass
@@ -50,114 +51,6 @@ class Plan:
     todo: list[PlannedJob]
     done: list[PlannedJob]
     messages: list[str]
-
-
-def available_dataset_ids() -> list[str]:
-    """Local Minari ids plus the ids offbench can generate on demand."""
-    import minari
-
-    ids = set(minari.list_local_datasets())
-    try:
-        from offbench.datasets.generate import catalog
-    except ImportError:
-        return sorted(ids)
-    return sorted(ids | set(catalog.generatable_ids()))
-
-
-def ensure_datasets(dataset_ids: list[str], available: list[str], download: bool = False) -> None:
-    """Make sure every dataset can be loaded before any training starts, by kind:
-
-    - a D4RL HDF5 or OGBench npz path: the file exists. An npz file is named after the OGBench
-      singletask dataset it holds (``cube-single-play-singletask-task1-v0.npz``): a suite gives no
-      evaluation environment, and that name says which task relabels and evaluates it;
-    - an OGBench dataset name (``cube-single-play-singletask-task1-v0``): its file is in the OGBench data
-      folder, or with ``download`` is fetched by ``ogbench.download_datasets``;
-    - a local Minari id: nothing to do; an id offbench can generate (``offbench/hopper/...``,
-      ``offbench/ogbench/...``): generated now;
-    - any other id: with ``download``, fetched from the Minari server (``mujoco/hopper/medium-v0``).
-    """
-    import minari
-
-    local = set(minari.list_local_datasets())
-    for dataset_id in dataset_ids:
-        if Path(dataset_id).suffix in results.DATASET_FILE_SUFFIXES:
-            check_dataset_file(dataset_id)
-        elif OGBENCH_NAME.match(dataset_id):
-            ensure_ogbench(dataset_id, available, download)
-        elif dataset_id in local:
-            if dataset_id in available:
-                from offbench.datasets.generate import catalog
-
-                catalog.complete_quality(dataset_id)  # a generation killed before writing them
-        elif dataset_id in available:
-            from offbench.datasets.generate import catalog
-
-            catalog.generate(dataset_id)
-        elif download:
-            download_minari(dataset_id)
-        else:
-            raise SuiteError(
-                f"unknown dataset {dataset_id!r}: not a local Minari dataset, not one offbench can generate, "
-                "not an OGBench dataset name and not a dataset file. If it is a remote Minari id, rerun with "
-                f"--download (needs internet).{suggest(dataset_id, available)}"
-            )
-
-
-def check_dataset_file(dataset_id: str) -> None:
-    """A D4RL HDF5 or OGBench npz path exists, and an npz file's name says its task."""
-    path = Path(dataset_id).expanduser()
-    if not path.is_file():
-        raise SuiteError(
-            f"dataset file {dataset_id} does not exist (relative paths are resolved from {Path.cwd()})."
-        )
-    if path.suffix != ".npz":
-        return
-    try:
-        resolve_ogbench_name(path.name.removesuffix(".npz").removesuffix("-val"))
-    except DatasetError as error:
-        raise SuiteError(
-            f"{dataset_id}: a suite's npz file must be named after the OGBench singletask dataset it holds "
-            "(e.g. cube-single-play-singletask-task1-v0.npz), which names the task that relabels and "
-            f"evaluates it. Rename the file. ({error})"
-        ) from error
-
-
-def ensure_ogbench(name: str, available: list[str], download: bool) -> None:
-    """An OGBench dataset name's file is in the OGBench data folder, downloaded there if asked."""
-    try:
-        data_name, _ = resolve_ogbench_name(name)
-    except DatasetError as error:
-        raise SuiteError(str(error)) from error
-    folder = ogbench_data_dir()
-    if (folder / f"{data_name}.npz").exists():
-        return
-    generated = f"offbench/ogbench/{name}"
-    hint = (
-        f" Or use {generated!r}, the play data offbench generates locally." if generated in available else ""
-    )
-    if not download:
-        raise SuiteError(
-            f"OGBench dataset {name!r} needs the file {folder / data_name}.npz, which is missing: rerun with "
-            "--download (needs internet) to fetch it with ogbench.download_datasets, or copy it there (the "
-            f"folder is $OGBENCH_DATA_DIR, default ~/.ogbench/data).{hint}"
-        )
-    ogbench = import_ogbench()
-    try:
-        ogbench.download_datasets([data_name], dataset_dir=str(folder))
-    except OSError as error:  # urllib's URLError and HTTPError are OSErrors
-        raise SuiteError(
-            f"downloading OGBench dataset {data_name!r} failed ({error}). It needs internet access to "
-            f"{ogbench.utils.DATASET_URL}; offline, copy {data_name}.npz into {folder} by hand.{hint}"
-        ) from error
-
-
-def download_minari(dataset_id: str) -> None:
-    from offbench.datasets.sources import download_minari_dataset
-
-    try:
-        download_minari_dataset(dataset_id)
-    except DatasetError as error:
-        raise SuiteError(str(error)) from error
 
 
 def run_and_write(
@@ -229,7 +122,7 @@ def record_failure(out: Path, planned: PlannedJob, error: BaseException) -> str:
         "traceback": "".join(traceback.format_exception(error)),
         "timestamp": results.utc_now(),
     }
-    results.write_text_atomic(
+    write_text_atomic(
         out / "failures" / f"{planned.identity.name}.json", json.dumps(record, indent=2, default=str)
     )
     return message
@@ -249,11 +142,14 @@ def plan(suite: Suite, out: Path, download: bool = False, on_code_change: str = 
     Rows of this suite that the suite no longer asks for are moved to ``superseded/``.
     """
     results.check_output_dir(out)
-    available = available_dataset_ids()
+    available = provision.available_dataset_ids()
     dataset_ids = expand_datasets(suite.datasets, lambda: available)
     jobs = suite.jobs(dataset_ids)
     check_distinct_jobs(jobs)  # before any dataset is generated: a suite error should cost nothing
-    ensure_datasets(dataset_ids, available, download)
+    try:
+        provision.ensure_datasets(dataset_ids, available, download)
+    except DatasetError as error:
+        raise SuiteError(str(error)) from error
     return plan_jobs(jobs, out, lambda keys: keys.get("suite") == suite.name, on_code_change)
 
 
@@ -500,6 +396,14 @@ def _ray_task(planned: PlannedJob, out: str) -> str:
     return run_and_write(planned, Path(out))
 
 
+EXECUTORS = ("local", "ray")
+
+
+def check_executor(executor: str) -> None:
+    if executor not in EXECUTORS:
+        raise SuiteError(f"unknown executor {executor!r}: use {' or '.join(map(repr, EXECUTORS))}.")
+
+
 def execute(
     planned: Plan,
     out: Path,
@@ -509,12 +413,11 @@ def execute(
     log: Callable[[str], None] = print,
 ) -> SweepSummary:
     """Run a plan's jobs on ``executor`` (local, or ray: one Ray task per job)."""
+    check_executor(executor)
     if executor == "local":
         finished, failed = run_local(planned.todo, out, progress, log)
-    elif executor == "ray":
-        finished, failed = run_ray(planned.todo, out, address)
     else:
-        raise SuiteError(f"unknown executor {executor!r}: use 'local' or 'ray'.")
+        finished, failed = run_ray(planned.todo, out, address)
     total = len(planned.todo) + len(planned.done)
     return SweepSummary(total=total, skipped=len(planned.done), finished=finished, failed=failed)
 

@@ -13,9 +13,8 @@ Semantics (the whole suite relies on them):
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import flax.struct
 import jax
@@ -23,6 +22,10 @@ import numpy as np
 
 OBSERVATION_STD_EPSILON = 1e-3
 ACTION_BOUND_TOLERANCE = 1e-4
+
+
+# Dataset names with these suffixes are files (D4RL HDF5, OGBench npz), not ids.
+DATASET_FILE_SUFFIXES = (".hdf5", ".h5", ".npz")
 
 
 class DatasetError(ValueError):
@@ -288,9 +291,3 @@ def from_episodes(spec: DatasetSpec, episodes: Iterable[dict[str, np.ndarray]]) 
         )
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     return build_dataset(spec, **arrays)
-
-
-def suggest(name: str, candidates: Sequence[str], n: int = 3) -> str:
-    """A ' Did you mean ...?' hint, or an empty string."""
-    close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -14,15 +14,16 @@ folder is not writable the fingerprint is computed again on each use.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from offbench.datasets.dataset import Dataset, DatasetSpec, spec_from_dict
+from offbench.files import write_text_atomic
 
 # Bump when the digest covers something new: cached fingerprints of another version are recomputed.
 FINGERPRINT_VERSION = 1
@@ -113,12 +114,9 @@ def describe(
     if stats:
         cached = _read_cache(path)
         cached[key] = {"files": stats, "fingerprint": digest, "spec": dataclasses.asdict(dataset.spec)}
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            temporary.write_text(json.dumps(cached, indent=1))
-            os.replace(temporary, path)
-        except OSError:
-            temporary.unlink(missing_ok=True)  # a read-only folder: no cache, the digest is still right
+        # A read-only folder: no cache, the digest is still right.
+        with contextlib.suppress(OSError):
+            write_text_atomic(path, json.dumps(cached, indent=1))
     return digest, dataset.spec
 
 

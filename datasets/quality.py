@@ -327,7 +327,7 @@ def quality_table(
 
     Keys:
 
-    - ``dataset``: ``dataset.spec.id`` (the join key; ``bench/report.py`` reads ``dataset``, ``tq``,
+    - ``dataset``: ``dataset.spec.id`` (the join key; ``bench/report_facts.py`` reads ``dataset``, ``tq``,
       ``saco`` from ``datasets.parquet``).
     - ``tq``, ``tq_ref_min``, ``tq_ref_max``: :func:`trajectory_quality` and the references it used
       (``ref_min`` / ``ref_max`` default to the dataset spec's reference scores).

@@ -17,20 +17,24 @@ import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import gymnasium as gym
 import h5py
 import numpy as np
 
+from offbench.datasets import robotics
 from offbench.datasets.dataset import (
     ACTION_BOUND_TOLERANCE,
+    DATASET_FILE_SUFFIXES,
     Dataset,
     DatasetError,
     DatasetSpec,
     build_dataset,
     from_episodes,
-    suggest,
 )
+from offbench.files import atomic_path
+from offbench.hints import suggest
 
 # D4RL's reference returns (d4rl/infos.py, identical for v0-v2). They belong to the old mujoco-py
 # environments, so on Gymnasium v5 they are approximate; the source string says so.
@@ -51,21 +55,37 @@ D4RL_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 NUMERIC_KINDS = "biuf"  # NumPy dtype kinds of bool, signed and unsigned integer and float arrays
 
 
+DatasetKind = Literal["npz", "hdf5", "ogbench", "minari"]
+
+
+def dataset_kind(name: str) -> DatasetKind:
+    """What a dataset name is, by the one rule that loading and provisioning share: a path with an OGBench
+    npz suffix, a path with a D4RL HDF5 suffix, an OGBench singletask name, or a Minari id."""
+    suffix = Path(name).suffix
+    if suffix == ".npz":
+        return "npz"
+    if suffix in DATASET_FILE_SUFFIXES:
+        return "hdf5"
+    if OGBENCH_NAME.match(name):
+        return "ogbench"
+    if "/" not in name and not re.search(r"-v\d+$", name):
+        raise DatasetError(
+            f"{name!r} is neither a dataset file (.hdf5, .h5, .npz), an OGBench dataset name nor a Minari "
+            "dataset id (ids look like 'namespace/name-v0', e.g. 'mujoco/hopper/medium-v0')."
+        )
+    return "minari"
+
+
 def load_dataset(name: str, *, env_id: str | None = None, download: bool = False) -> Dataset:
     """Load a dataset by Minari id (``mujoco/hopper/medium-v0``), by OGBench singletask name
     (``cube-single-play-singletask-task1-v0``), or by path to a D4RL HDF5 file or an OGBench npz file."""
-    path = Path(name).expanduser()
-    if path.suffix == ".npz":
-        return load_ogbench_npz(path, env_id=env_id)
-    if path.suffix in {".hdf5", ".h5"} or path.exists():
-        return load_d4rl_hdf5(path, env_id=env_id)
-    if OGBENCH_NAME.match(name):
+    kind = dataset_kind(name)
+    if kind == "npz":
+        return load_ogbench_npz(Path(name).expanduser(), env_id=env_id)
+    if kind == "hdf5":
+        return load_d4rl_hdf5(Path(name).expanduser(), env_id=env_id)
+    if kind == "ogbench":
         return load_ogbench(name, env_id=env_id, download=download)
-    if "/" not in name and not re.search(r"-v\d+$", name):
-        raise DatasetError(
-            f"{name!r} is neither an existing file nor a Minari dataset id "
-            "(ids look like 'namespace/name-v0', e.g. 'mujoco/hopper/medium-v0')."
-        )
     return load_minari(name, download=download, env_id=env_id)
 
 
@@ -117,24 +137,26 @@ def load_minari(dataset_id: str, *, download: bool = False, env_id: str | None =
             "offbench supports continuous (Box) actions only."
         )
     flat_space = gym.spaces.flatten_space(observation_space)
-    observation_keys = None
-    if isinstance(observation_space, gym.spaces.Dict):
-        # Minari stores a Dict space with sorted keys; that order is recorded in the spec and evaluation
-        # flattens each environment observation by the same keys (``flatten_observation``).
-        observation_keys = tuple(observation_space.spaces.keys())
-        unsupported = [k for k, v in observation_space.spaces.items() if not isinstance(v, gym.spaces.Box)]
-        if unsupported:
-            raise DatasetError(
-                f"dataset {dataset_id!r}: observation keys {unsupported} are not Box spaces; "
-                "offbench flattens Dict observations of Box entries only."
-            )
+    # Minari stores a Dict space with sorted keys; its leaves, depth first (nested keys joined with "/"),
+    # are recorded in the spec, and evaluation flattens each environment observation by the same keys
+    # (``flatten_observation``). Goal-conditioned data (the D4RL mazes, Kitchen) keep their goal this way.
+    try:
+        observation_keys = robotics.observation_paths(observation_space)
+    except ValueError as error:
+        raise DatasetError(
+            f"dataset {dataset_id!r}: {error}; offbench flattens Dict observations of Box entries only."
+        ) from error
 
     def flatten(observations) -> np.ndarray:
         if observation_keys is None:
             return np.asarray(observations, dtype=np.float32).reshape(len(observations), -1)
-        count = len(observations[observation_keys[0]])
+        count = len(robotics.leaf(observations, observation_keys[0]))
         return np.concatenate(
-            [np.asarray(observations[k], np.float32).reshape(count, -1) for k in observation_keys], axis=1
+            [
+                np.asarray(robotics.leaf(observations, k), np.float32).reshape(count, -1)
+                for k in observation_keys
+            ],
+            axis=1,
         )
 
     # Minari keeps the evaluation env spec privately; it is what recover_environment(eval_env=True) uses.
@@ -416,13 +438,11 @@ def write_d4rl_hdf5(
 ) -> Path:
     """Write flat D4RL-layout arrays (gzip) atomically: a killed write leaves no partial file."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with h5py.File(temporary, "w") as f:
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
         for key, value in arrays.items():
             f.create_dataset(key, data=value, compression="gzip")
         for key, value in (attrs or {}).items():
             f.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
-    os.replace(temporary, path)
     return path
 
 
@@ -733,12 +753,15 @@ def flatten_observation(observation, observation_keys: tuple[str, ...] | None) -
     """One environment observation as the flat float32 vector the dataset stores."""
     if observation_keys is None:
         return np.asarray(observation, dtype=np.float32).reshape(-1)
-    return np.concatenate([np.asarray(observation[k], np.float32).reshape(-1) for k in observation_keys])
+    return np.concatenate(
+        [np.asarray(robotics.leaf(observation, k), np.float32).reshape(-1) for k in observation_keys]
+    )
 
 
 def make_env(spec: DatasetSpec, **kwargs) -> gym.Env:
-    """The evaluation environment of a dataset. OGBench environments are registered (``import ogbench``)
-    first; Gymnasium does not know them until then."""
+    """The evaluation environment of a dataset. OGBench and gymnasium-robotics environments are registered
+    first (Gymnasium does not know them until then); the D4RL families' environments report their
+    episode success (``robotics.wrap``)."""
     if spec.eval_env_spec is None and spec.env_id is None:
         raise DatasetError(
             f"dataset {spec.id!r} names no evaluation environment. Pass one explicitly, e.g. "
@@ -748,8 +771,10 @@ def make_env(spec: DatasetSpec, **kwargs) -> gym.Env:
     env_id = env_spec.id if env_spec is not None else spec.env_id
     if OGBENCH_NAME.match(env_id):
         import_ogbench()
+    if robotics.family(env_id) is not None:
+        robotics.prepare()
     try:
-        return gym.make(env_spec or env_id, **kwargs)
+        return robotics.wrap(gym.make(env_spec or env_id, **kwargs), env_id)
     except (gym.error.Error, ImportError) as error:  # unknown ids, missing simulators or assets
         raise DatasetError(
             f"cannot create evaluation environment {env_id!r} for dataset {spec.id!r}: "
@@ -770,8 +795,8 @@ def check_spaces(spec: DatasetSpec) -> None:
     keys = spec.observation_keys
     if keys is None:
         observation_dim = gym.spaces.flatdim(observation_space)
-    elif isinstance(observation_space, gym.spaces.Dict) and set(keys) <= set(observation_space.spaces):
-        observation_dim = sum(gym.spaces.flatdim(observation_space[key]) for key in keys)
+    elif all(robotics.leaf_space(observation_space, key) is not None for key in keys):
+        observation_dim = sum(gym.spaces.flatdim(robotics.leaf_space(observation_space, key)) for key in keys)
     else:
         observation_dim = None  # the environment lacks some of the dataset's observation keys
     if isinstance(action_space, gym.spaces.Box):

@@ -249,5 +249,11 @@ def test_dataset_overrides():
     assert resolve_config(a2pr.Config, "hopper-random-v2", overrides).mask == 1.5
     assert resolve_config(a2pr.Config, "halfcheetah-medium-v2", overrides).alpha == 40.0
     assert resolve_config(a2pr.Config, "mujoco/walker2d/medium-v0", overrides).vae_weight == 1.5
-    # Unpublished settings (here medium-replay) keep the code's defaults.
-    assert resolve_config(a2pr.Config, "hopper-medium-replay-v2", overrides) == a2pr.Config()
+    # The README at a3b81aa: medium-replay and medium-expert, on the generated and the Minari ids alike.
+    replay = resolve_config(a2pr.Config, "offbench/hopper/medium-replay-v0", overrides)
+    assert (replay.vae_weight, replay.mask, replay.discount) == (1.5, 0.5, 0.99)
+    assert resolve_config(a2pr.Config, "mujoco/hopper/medium-expert-v0", overrides).mask == 4.0
+    assert resolve_config(a2pr.Config, "halfcheetah-medium-expert-v2", overrides).mask == 10.0
+    assert resolve_config(a2pr.Config, "walker2d-medium-replay-v2", overrides).mask == 1.2
+    # Unpublished settings (AntMaze) keep the code's defaults.
+    assert resolve_config(a2pr.Config, "D4RL/antmaze/umaze-v1", overrides) == a2pr.Config()

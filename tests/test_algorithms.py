@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from functools import partial
 
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from offbench.algorithms import bc, get_algorithm, iql, nets, td3, td3bc
+from offbench.algorithms import REGISTRY, bc, get_algorithm, iql, nets, td3, td3bc
 from offbench.algorithms.config import resolve_config
 from offbench.algorithms.nets import CriticEnsemble, first_critic, linear_with_transposed_kernel
 from offbench.algorithms.sampling import Batch
@@ -262,3 +263,13 @@ def test_linear_takes_the_cpu_rewrite_only_on_cpu_with_equal_values(monkeypatch,
     expected = jax.grad(lambda x, kernel: jnp.sin(x @ kernel).sum(), argnums=(0, 1))(x, kernel)
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_each_module_declares_itself_under_its_registry_name(name):
+    module = importlib.import_module(REGISTRY[name])
+    declared = get_algorithm(name)
+    assert declared is module.ALGORITHM and declared.name == name
+    assert declared.Config is module.Config and declared.update is module.update
+    # A module's published per-dataset settings reach the engine only through its declaration.
+    assert declared.dataset_overrides == getattr(module, "DATASET_OVERRIDES", ())

@@ -12,11 +12,18 @@ import pytest
 
 from offbench.algorithms import cql, get_algorithm, sampling
 from offbench.algorithms.sampling import Batch
-from offbench.bench.train import init_states, make_train_chunk, seed_keys, state_axes
+from offbench.bench.engine import init_states, make_train_chunk, seed_keys, state_axes
 from offbench.datasets.dataset import DatasetSpec, build_dataset
 
-SPEC = DatasetSpec(id="toy", source="test", env_id=None, observation_dim=3, action_dim=2,
-                   action_low=(-1.0, -1.0), action_high=(1.0, 1.0))
+SPEC = DatasetSpec(
+    id="toy",
+    source="test",
+    env_id=None,
+    observation_dim=3,
+    action_dim=2,
+    action_low=(-1.0, -1.0),
+    action_high=(1.0, 1.0),
+)
 SMALL = cql.Config(hidden_dims=(4,), cql_n_actions=3)
 BATCH = Batch(
     observations=jnp.array([[0.1, -0.2, 0.3], [1.0, 0.5, -0.5]]),
@@ -33,9 +40,15 @@ def episodes_dataset(n: int = 64):
     terminals, timeouts = np.zeros(n, bool), np.zeros(n, bool)
     terminals[[7, 20, 33]] = True
     timeouts[[14, 27, 45, n - 1]] = True
-    return build_dataset(SPEC, observations=rng.normal(size=(n, 3)), actions=rng.uniform(-1, 1, (n, 2)),
-                         rewards=rng.normal(size=n), next_observations=rng.normal(size=(n, 3)),
-                         terminals=terminals, timeouts=timeouts)
+    return build_dataset(
+        SPEC,
+        observations=rng.normal(size=(n, 3)),
+        actions=rng.uniform(-1, 1, (n, 2)),
+        rewards=rng.normal(size=n),
+        next_observations=rng.normal(size=(n, 3)),
+        terminals=terminals,
+        timeouts=timeouts,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +62,7 @@ def constant(params: dict, output_bias) -> dict:
     With zero hidden weights every ReLU unit is 0, so the output is exactly that bias. The policy's
     log-std multiplier and offset are scalars outside the network and keep their values.
     """
+
     def zero(path, leaf):
         return leaf if "log_std" in jax.tree_util.keystr(path) else jnp.zeros_like(leaf)
 
@@ -72,7 +86,7 @@ def test_defaults_follow_jaxcql_as_the_paper_ran_it(state):
     assert float(state.log_alpha) == 0.0
     policy = state.policy["params"]
     assert float(policy["log_std_multiplier"]) == 1.0 and float(policy["log_std_offset"]) == -1.0
-    assert get_algorithm("cql").module is cql
+    assert get_algorithm("cql") is cql.ALGORITHM
 
 
 def critic_loss_by_hand(c, c_target, log_pis_current, log_pis_next, cfg):
@@ -101,9 +115,12 @@ def test_critic_loss_with_constant_critics_by_hand(state, settings):
     log_pis_current = [[-1.0, 0.5, 2.0], [0.0, -3.0, 1.0]]
     log_pis_next = [[0.3, -0.7, 1.5], [-2.0, 0.25, 0.0]]
     samples = cql.CQLSamples(
-        next_actions=jnp.zeros((2, 2)), next_log_pis=jnp.full((2,), 7.0),  # unused: no entropy backup
-        random_actions=jnp.full((2, 3, 2), 0.3), current_actions=jnp.full((2, 3, 2), -0.2),
-        current_log_pis=jnp.array(log_pis_current), next_state_actions=jnp.full((2, 3, 2), 0.9),
+        next_actions=jnp.zeros((2, 2)),
+        next_log_pis=jnp.full((2,), 7.0),  # unused: no entropy backup
+        random_actions=jnp.full((2, 3, 2), 0.3),
+        current_actions=jnp.full((2, 3, 2), -0.2),
+        current_log_pis=jnp.array(log_pis_current),
+        next_state_actions=jnp.full((2, 3, 2), 0.9),
         next_state_log_pis=jnp.array(log_pis_next),
     )
     critic = constant(state.critic, [[1.0], [2.0]])
@@ -118,7 +135,7 @@ def test_critic_loss_with_constant_critics_by_hand(state, settings):
 def tanh_gaussian_log_density(actions: np.ndarray, mean: np.ndarray, log_std: np.ndarray) -> np.ndarray:
     pre_tanh = np.arctanh(actions.astype(np.float64))
     gaussian = -0.5 * ((pre_tanh - mean) / np.exp(log_std)) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
-    return (gaussian - np.log1p(-actions.astype(np.float64) ** 2)).sum(-1)
+    return (gaussian - np.log1p(-(actions.astype(np.float64) ** 2))).sum(-1)
 
 
 def test_sampled_actions_and_their_log_densities(state):
@@ -129,9 +146,11 @@ def test_sampled_actions_and_their_log_densities(state):
     samples = draw(state.replace(policy=policy), BATCH, jax.random.key(1), SMALL)
     assert samples.current_actions.shape == (2, 3, 2) and samples.next_state_log_pis.shape == (2, 3)
     assert samples.next_actions.shape == (2, 2) and samples.next_log_pis.shape == (2,)
-    for actions, log_pis in [(samples.current_actions, samples.current_log_pis),
-                             (samples.next_state_actions, samples.next_state_log_pis),
-                             (samples.next_actions, samples.next_log_pis)]:
+    for actions, log_pis in [
+        (samples.current_actions, samples.current_log_pis),
+        (samples.next_state_actions, samples.next_state_log_pis),
+        (samples.next_actions, samples.next_log_pis),
+    ]:
         expected = tanh_gaussian_log_density(np.asarray(actions), mean, log_std)
         np.testing.assert_allclose(np.asarray(log_pis), expected, rtol=1e-4, atol=1e-4)
     random = np.asarray(samples.random_actions)
@@ -142,8 +161,9 @@ def test_sampled_actions_and_their_log_densities(state):
 
 def test_policy_and_temperature_losses_by_hand(state):
     policy = constant(state.policy, [0.2, -0.4, 0.5, -0.5])
-    test_state = state.replace(policy=policy, critic=constant(state.critic, [[1.0], [2.0]]),
-                               log_alpha=jnp.log(jnp.float32(0.5)))
+    test_state = state.replace(
+        policy=policy, critic=constant(state.critic, [[1.0], [2.0]]), log_alpha=jnp.log(jnp.float32(0.5))
+    )
     key = jax.random.key(4)
     loss, log_pi = jax.jit(cql.policy_loss, static_argnums=4)(policy, test_state, BATCH, key, SMALL)
     _, expected_log_pi = cql.sample_actions(policy, BATCH.observations, key, SMALL, 2, 1.0)
@@ -187,10 +207,16 @@ def test_vmapped_seed_equals_single_run_in_the_engine():
         return states
 
     together, alone = train((0, 7, 3)), train((7,))
-    def seed_slice(states, index):
-        return jax.tree.map(lambda leaf, axis: leaf if axis is None else leaf[index], states,
-                            state_axes(states), is_leaf=lambda x: x is None)
 
-    for a, b in zip(jax.tree.leaves(seed_slice(together, 1)), jax.tree.leaves(seed_slice(alone, 0)),
-                    strict=True):
+    def seed_slice(states, index):
+        return jax.tree.map(
+            lambda leaf, axis: leaf if axis is None else leaf[index],
+            states,
+            state_axes(states),
+            is_leaf=lambda x: x is None,
+        )
+
+    for a, b in zip(
+        jax.tree.leaves(seed_slice(together, 1)), jax.tree.leaves(seed_slice(alone, 0)), strict=True
+    ):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

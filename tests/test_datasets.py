@@ -371,7 +371,7 @@ def test_unknown_minari_id_suggests_close_match(hopper_minari: str) -> None:
 
 
 def test_name_that_is_neither_file_nor_id() -> None:
-    assert_dataset_error(lambda: load_dataset("hopper"), "neither an existing file nor a Minari dataset id",
+    assert_dataset_error(lambda: load_dataset("hopper"), "neither a dataset file (.hdf5, .h5, .npz)",
                          "mujoco/hopper/medium-v0")
 
 

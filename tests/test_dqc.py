@@ -57,7 +57,7 @@ def chunk_config(**overrides) -> dqc.Config:
 
 def windows(starts, horizon=3, dataset=None):
     cfg = chunk_config(critic_horizon=horizon, action_horizon=1)
-    data = sampling.prepare(dataset or episodes_dataset(), cfg)
+    data = sampling.prepare(dataset or episodes_dataset(), cfg, horizon)
     return gather_chunks(data, jnp.asarray(starts), horizon, GAMMA)
 
 
@@ -100,11 +100,13 @@ def test_one_step_windows_are_the_transitions():
     np.testing.assert_array_equal(batch.discounts, np.full(dataset.size, GAMMA))
 
 
-def test_draw_dispatches_on_the_config_and_respects_the_sampler():
+def test_draw_dispatches_on_the_prepared_horizon_and_respects_the_sampler():
     dataset = episodes_dataset()
     key = jax.random.key(0)
     cfg = chunk_config(sampler="topk", sampler_top_fraction=0.34)  # one trajectory: B (return 10)
-    batch = jax.jit(sampling.draw, static_argnums=2)(sampling.prepare(dataset, cfg), key, cfg)
+    batch = jax.jit(sampling.draw, static_argnums=2)(
+        sampling.prepare(dataset, cfg, cfg.critic_horizon), key, cfg
+    )
     assert isinstance(batch, sampling.ChunkBatch) and batch.actions.shape == (8, 3, 1)
     assert set(np.asarray(batch.observations[:, 0]).tolist()) <= {3.0, 4.0, 5.0, 6.0}
     plain_cfg = BaseConfig(batch_size=8)
@@ -313,14 +315,14 @@ def test_bad_inputs_are_refused_with_clear_errors(toy_dataset):
         dqc.Config(q_agg="max")
     # toy_dataset(20): episodes of 11 and 9 steps.
     with pytest.raises(ValueError, match=r"longer than every episode.*longest has 11 steps"):
-        sampling.prepare(toy_dataset(20), dqc.Config(critic_horizon=12, action_horizon=1))
-    sampling.prepare(toy_dataset(20), dqc.Config(critic_horizon=11, action_horizon=1))
+        sampling.prepare(toy_dataset(20), dqc.Config(critic_horizon=12, action_horizon=1), 12)
+    sampling.prepare(toy_dataset(20), dqc.Config(critic_horizon=11, action_horizon=1), 11)
     unmarked = episodes_dataset(terminals=np.zeros(10, bool), timeouts=np.zeros(10, bool))
     with pytest.raises(ValueError, match="no episode boundaries"):
-        sampling.prepare(unmarked, chunk_config())
+        sampling.prepare(unmarked, chunk_config(), 3)
     plain = sampling.prepare(episodes_dataset(), BaseConfig())
-    with pytest.raises(ValueError, match="critic_horizon"):
-        sampling.sample_chunks(plain, jax.random.key(0), 4, 3, 0.99)
+    with pytest.raises(ValueError, match="prepared for single transitions"):
+        sampling.sample_chunks(plain, jax.random.key(0), 4, 0.99)
     with pytest.raises(ValueError, match="unknown DQC variant"):
         dqc.ablation("qcns")
 

@@ -15,17 +15,17 @@ import pytest
 from offbench.algorithms import available_algorithms, get_algorithm, sampling
 from offbench.bench import results
 from offbench.bench import train as train_module
-from offbench.bench.evaluate import Episodes, Evaluator, reset_seeds
-from offbench.bench.train import (
-    Job,
+from offbench.bench.engine import (
     init_states,
     log_blocks,
     make_train_chunk,
-    run_job,
     seed_keys,
     shared_arrays,
     state_axes,
+    training_data,
 )
+from offbench.bench.evaluate import Episodes, Evaluator, reset_seeds
+from offbench.bench.train import Job, run_job
 from offbench.datasets.sources import load_dataset
 
 SMALL = {"hidden_dims": (32, 32), "batch_size": 16}
@@ -57,7 +57,7 @@ SMALL_CONFIGS = {
 def train(toy_dataset, name: str, seeds: tuple[int, ...], updates: int = 12, **overrides):
     algorithm = get_algorithm(name)
     cfg = algorithm.Config(**{**SMALL_CONFIGS[name], "total_steps": updates, **overrides})
-    data = sampling.prepare(toy_dataset(64), cfg)
+    data = training_data(algorithm, toy_dataset(64), cfg)
     init_keys, keys = seed_keys(seeds)
     states = init_states(algorithm, data, cfg, init_keys)
     chunk = make_train_chunk(algorithm, cfg, updates)
@@ -355,7 +355,7 @@ IQL_THREE_SEEDS = """
 import jax
 from offbench.algorithms import get_algorithm, sampling
 from offbench.bench.perf import random_dataset
-from offbench.bench.train import init_states, make_train_chunk, seed_keys
+from offbench.bench.engine import init_states, make_train_chunk, seed_keys
 
 algorithm = get_algorithm("iql")
 cfg = algorithm.Config()

@@ -198,7 +198,7 @@ def test_a_disk_too_full_to_record_the_failure_stops_the_sweep_with_one_message(
 ):
     monkeypatch.setattr(sweep_module, "WRITE_RETRY_SECONDS", 0.0)
     monkeypatch.setattr(results.pq, "write_table", enospc)
-    monkeypatch.setattr(results, "write_text_atomic", enospc)
+    monkeypatch.setattr(sweep_module, "write_text_atomic", enospc)
     suite_file = tmp_path / "faults.toml"
     suite_file.write_text(suite_text(hopper_minari))
     out = tmp_path / "out"

@@ -274,7 +274,7 @@ def test_generate_one_mixed_id_on_demand_writes_its_bases_then_reuses_them(polic
 
 
 def test_a_sweep_generates_missing_ids_in_any_order(policies_dir, root, monkeypatch):
-    from offbench.bench.sweep import ensure_datasets
+    from offbench.datasets.provision import ensure_datasets
 
     monkeypatch.setattr(catalog, "DEFAULT_SIZE", 600)
     monkeypatch.setattr(catalog, "REFERENCE_EPISODES", 3)
@@ -311,7 +311,7 @@ def test_compute_quality_round_trips_through_read_quality(family, tmp_path, monk
     # (or `datasets info`) completes them, equal to what the generation would have written.
     expert = catalog.dataset_id("hopper", "expert")
     catalog.quality_path(expert).unlink()
-    from offbench.bench.sweep import ensure_datasets
+    from offbench.datasets.provision import ensure_datasets
 
     ensure_datasets([expert], [expert])
     assert catalog.read_quality(expert) == json.loads(json.dumps(tables[expert]))

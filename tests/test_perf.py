@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from offbench.algorithms import get_algorithm, sampling
 from offbench.bench import gpu_check, perf
 from offbench.bench.cli import app
-from offbench.bench.train import init_states, make_train_chunk, seed_keys, shared_arrays
+from offbench.bench.engine import init_states, make_train_chunk, seed_keys, shared_arrays
 
 TINY = {"hidden_dims": (32, 32), "batch_size": 16}
 

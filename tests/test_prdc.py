@@ -9,12 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from offbench.algorithms import get_algorithm, prdc, sampling
+from offbench.algorithms import get_algorithm, knn, prdc, sampling
 from offbench.algorithms.config import resolve_config
-from offbench.bench.train import shared_arrays
+from offbench.bench.engine import shared_arrays
 
-search = jax.jit(prdc.nearest_neighbour, static_argnums=(3, 4))
-brute_force = jax.jit(prdc.brute_force_nearest)
+search = jax.jit(knn.nearest_neighbour, static_argnums=(3, 4))
+
+
+@jax.jit
+def brute_force(keys: jax.Array, queries: jax.Array) -> jax.Array:
+    """The reference: index of the nearest row of ``keys`` [N, dim] to each query, lowest on ties."""
+    return knn.brute_force(keys, jnp.arange(keys.shape[0], dtype=jnp.int32), queries)[1]
 
 
 def numpy_nearest(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -42,7 +47,7 @@ def test_search_equals_brute_force(n, dim, leaf_size, pairs_per_query):
     keys = rng.normal(size=(n, dim)).astype(np.float32)
     keys[n // 2 :: 5] = keys[: len(keys[n // 2 :: 5])]  # exact duplicate rows at higher indices
     keys[:, -2:] = np.clip(keys[:, -2:], -1, 1)
-    table = prdc.build_search_table(keys, keys[:, -2:], leaf_size)
+    table = knn.build_search_table(keys, keys[:, -2:], leaf_size)
     cases = [
         prdc_like(rng, keys, 64, 2, 0.3),
         (100.0 * rng.normal(size=(64, dim)).astype(np.float32), keys[rng.integers(0, n, 64)]),  # far away
@@ -59,12 +64,12 @@ def test_the_tree_alone_certifies_prdc_queries_and_is_then_exact():
     rng = np.random.default_rng(0)
     keys = np.concatenate([2.0 * rng.normal(size=(5000, 6)), rng.uniform(-1, 1, (5000, 3))], 1)
     keys = keys.astype(np.float32)
-    table = prdc.build_search_table(keys, keys[:, -3:], 4)
+    table = knn.build_search_table(keys, keys[:, -3:], 4)
     assert len(table.boxes) == 2  # a dense top level and one compacted level
     queries, hints = prdc_like(rng, keys, 256, 3, 0.1)
-    bound = prdc.squared_distances(jnp.asarray(queries), jnp.asarray(hints))
-    tree_search = jax.jit(partial(prdc.tree_search, pairs=256 * 16))
-    top_bounds = prdc.top_level_bounds(table, jnp.asarray(queries))
+    bound = knn.squared_distances(jnp.asarray(queries), jnp.asarray(hints))
+    tree_search = jax.jit(partial(knn.tree_search, pairs=256 * 16))
+    top_bounds = knn.top_level_bounds(table, jnp.asarray(queries))
     _, index, certified = tree_search(table, jnp.asarray(queries), top_bounds, bound)
     certified = np.asarray(certified)
     assert certified.mean() > 0.9
@@ -76,7 +81,7 @@ def test_the_tree_alone_certifies_prdc_queries_and_is_then_exact():
 def test_ties_go_to_the_lowest_index():
     # Rows 1 and 3 are the same point; rows 0 and 2 are at distance 1 from the query (1, 0), exactly.
     keys = np.array([[0.0, 0.0], [5.0, 5.0], [2.0, 0.0], [5.0, 5.0], [9.0, 9.0]], np.float32)
-    table = prdc.build_search_table(keys, keys, 1)
+    table = knn.build_search_table(keys, keys, 1)
     queries = jnp.array([[1.0, 0.0], [5.0, 5.0], [2.0, 0.0]])
     hints = jnp.array([[2.0, 0.0], [5.0, 5.0], [2.0, 0.0]])  # hints tied with, or equal to, the answer
     expected = [0, 1, 2]
@@ -87,7 +92,7 @@ def test_ties_go_to_the_lowest_index():
 def test_a_wrong_hint_costs_time_not_exactness():
     rng = np.random.default_rng(1)
     keys = rng.normal(size=(2000, 4)).astype(np.float32)
-    table = prdc.build_search_table(keys, keys, 4)
+    table = knn.build_search_table(keys, keys, 4)
     queries = rng.normal(size=(32, 4)).astype(np.float32)
     for hints in (queries, queries + 1e-3, np.zeros_like(queries)):  # closer than any row, or arbitrary
         index, _ = search(table, jnp.asarray(queries), jnp.asarray(hints), 16, 8)
@@ -96,7 +101,7 @@ def test_a_wrong_hint_costs_time_not_exactness():
 
 def test_non_finite_queries_get_no_neighbour():
     keys = np.eye(3, dtype=np.float32)
-    table = prdc.build_search_table(keys, keys, 1)
+    table = knn.build_search_table(keys, keys, 1)
     queries = jnp.array([[np.nan, 0.0, 0.0], [1.0, 0.1, 0.0], [np.inf, 0.0, 0.0]])
     index, info = search(table, queries, jnp.asarray(keys), 16, 8)
     np.testing.assert_array_equal(np.asarray(index), [-1, 0, -1])
@@ -107,10 +112,10 @@ def test_search_is_identical_inside_jit_and_vmap():
     rng = np.random.default_rng(2)
     keys = np.concatenate([2.0 * rng.normal(size=(3000, 5)), rng.uniform(-1, 1, (3000, 2))], 1)
     keys = keys.astype(np.float32)
-    table = prdc.build_search_table(keys, keys[:, -2:], 4)
+    table = knn.build_search_table(keys, keys[:, -2:], 4)
     sets = [prdc_like(rng, keys, 64, 2, noise) for noise in (0.05, 0.5, 2.0)]
     queries, hints = (jnp.asarray(np.stack(x)) for x in zip(*sets, strict=True))
-    vmapped = jax.jit(jax.vmap(lambda q, h: prdc.nearest_neighbour(table, q, h, 2)[0]))(queries, hints)
+    vmapped = jax.jit(jax.vmap(lambda q, h: knn.nearest_neighbour(table, q, h, 2)[0]))(queries, hints)
     for i in range(len(sets)):
         alone = search(table, queries[i], hints[i], 2, 8)[0]
         np.testing.assert_array_equal(np.asarray(vmapped[i]), np.asarray(alone))
@@ -188,5 +193,5 @@ def test_first_argmin_is_equal_on_both_backends_paths(monkeypatch):
     values = jnp.array(rows, jnp.float32)
     expected = [1, 3, 3, 0, 2]
     for backend in ("cpu", "gpu"):
-        monkeypatch.setattr(prdc.jax, "default_backend", lambda backend=backend: backend)
-        assert prdc.first_argmin(values).tolist() == expected, backend
+        monkeypatch.setattr(knn.jax, "default_backend", lambda backend=backend: backend)
+        assert knn.first_argmin(values).tolist() == expected, backend

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from offbench.bench import report as report_tables
 from offbench.bench import results, stats
 from offbench.bench.cli import app
-from offbench.bench.report import write_report
+from offbench.bench.leaderboard import write_report
 
 REPS = 2_000
 SEED = 3
@@ -25,6 +26,15 @@ METHODS = [("bc", "uniform"), ("iql", "uniform"), ("iql", "rw")]
 SEEDS = range(5)
 STEPS = (1000, 2000, 3000)
 DIVERGED = ("iql", "uniform", "walker-medium", 3)
+# The rows of hopper-medium carry their dataset's size and quality; walker-medium's do not.
+QUALITY = {
+    "hopper-medium": {
+        "dataset_transitions": 1000,
+        "dataset_episodes": 10,
+        "dataset_tq": 0.5,
+        "dataset_saco": 0.8,
+    }
+}
 
 
 def normalized(dataset: str, value: float) -> float | None:
@@ -57,6 +67,10 @@ def run_row(algorithm: str, sampler: str, dataset: str, seed: int, final_return:
         ref_min_score=ref_min,
         ref_max_score=ref_max,
         schema_version=results.SCHEMA_VERSION,
+        code_version="abc123def456",
+        device="cpu: test (2 cores)",
+        written_at="2026-01-02T03:04:05+00:00",
+        **QUALITY.get(dataset, {}),
     )
     row.update(extra)
     return row
@@ -158,12 +172,13 @@ def expected_cell(values: np.ndarray) -> str:
 
 
 def markdown_tables(text: str) -> list[list[list[str]]]:
-    """Every pipe table of a markdown document, as rows of stripped cells (the rule line dropped)."""
+    """Every pipe table of a markdown document, as rows of stripped cells (the rule line dropped, bold
+    marks removed)."""
     tables, current = [], []
     for line in [*text.splitlines(), ""]:
         if line.startswith("|"):
             if not set(line) <= set("|:- "):
-                current.append([cell.strip() for cell in line.strip("|").split(" | ")])
+                current.append([cell.strip().strip("*") for cell in line.strip("|").split(" | ")])
         elif current:
             tables.append(current)
             current = []
@@ -199,23 +214,28 @@ def test_report_writes_every_file(default_report: Path) -> None:
         "LEADERBOARD.md",
         "leaderboard.html",
         "aggregate_intervals.png",
+        "probability_of_improvement.png",
         "performance_profiles.png",
         "learning_curves.png",
+        "score_vs_quality.png",
     }
     for path in paths:
         assert path.stat().st_size > 0
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (default_report / "leaderboard.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "<style>" in html
-    assert "<link" not in html and "<script" not in html  # self-contained
+    assert html.count("data:image/png;base64,") == 5 and "<style>" in html
+    # Self-contained: no stylesheet, script or image fetched from elsewhere.
+    assert "<link" not in html and "<script src" not in html and 'src="http' not in html
 
 
 def test_leaderboard_per_dataset_cells(base_results: Path, default_report: Path) -> None:
     per_dataset = markdown_tables((default_report / "LEADERBOARD.md").read_text())[0]
     header, body = per_dataset[0], per_dataset[1:]
-    assert header == ["Dataset", "bc", "iql", "iql+rw"]
+    assert header == ["Dataset", "Transitions", "Episodes", "TQ", "SACo", "bc", "iql", "iql+rw"]
     assert [row[0] for row in body] == ["hopper-medium", RAW + " †", "walker-medium"]
+    # Size and quality from the rows; datasets whose rows do not carry them show a dash.
+    assert [row[1:5] for row in body] == [["1,000", "10", "0.50", "0.80"], ["—"] * 4, ["—"] * 4]
     for (dataset, method), cell in expected_per_dataset(base_results).items():
         row = next(r for r in body if r[0].removesuffix(" †") == dataset)
         assert row[header.index(method)] == cell, (dataset, method)
@@ -240,7 +260,7 @@ def test_aggregate_iqm_matches_stats(base_results: Path, default_report: Path) -
 
 
 def test_runs_table_counts_seeds_divergence_and_failures(default_report: Path) -> None:
-    counts = markdown_tables((default_report / "LEADERBOARD.md").read_text())[2]
+    counts = markdown_tables((default_report / "LEADERBOARD.md").read_text())[4]
     assert counts[0] == ["Method", "Datasets", "Seeds per dataset", "Diverged", "Failed"]
     by_method = {row[0]: row[1:] for row in counts[1:]}
     # iql's diverged walker seed is scored 0, so it still counts among the seeds; cql's job failed.
@@ -260,15 +280,15 @@ def test_report_is_deterministic(base_results: Path, default_report: Path, tmp_p
 def test_dataset_quality_columns_when_provided(
     results_dir: Path, default_report: Path, tmp_path: Path
 ) -> None:
-    assert "TQ" not in markdown_tables((default_report / "LEADERBOARD.md").read_text())[0][0]
+    """datasets.parquet fills in the datasets whose rows lack quality metrics; the rows' own win."""
     quality = pd.DataFrame(
-        {"dataset": ["hopper-medium", "walker-medium"], "tq": [0.5, 0.25], "saco": [1.0, 2.5]}
+        {"dataset": ["hopper-medium", "walker-medium"], "tq": [0.9, 0.25], "saco": [0.9, 2.5]}
     )
     quality.to_parquet(results_dir / "datasets.parquet")
     report(results_dir, tmp_path / "with")
     table = markdown_tables((tmp_path / "with" / "LEADERBOARD.md").read_text())[0]
-    assert table[0][:3] == ["Dataset", "TQ", "SACo"]
-    assert [row[1:3] for row in table[1:]] == [["0.50", "1.00"], ["—", "—"], ["0.25", "2.50"]]
+    assert table[0][3:5] == ["TQ", "SACo"]
+    assert [row[3:5] for row in table[1:]] == [["0.50", "0.80"], ["—", "—"], ["0.25", "2.50"]]
 
 
 def test_method_missing_a_dataset_is_left_out_of_the_aggregate(results_dir: Path, tmp_path: Path) -> None:
@@ -316,13 +336,28 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_html_renders_in_headless_chromium(base_results: Path, default_report: Path) -> None:
+# Written into a copy of the page: the size of every table and image as the browser laid them out.
+LAYOUT_PROBE = """<script>window.addEventListener("load", () => {
+  const boxes = [...document.querySelectorAll("table, img")].map((e) => {
+    const r = e.getBoundingClientRect();
+    const loaded = e.tagName !== "IMG" || e.naturalWidth > 0;
+    return {tag: e.tagName, id: e.id, width: r.width, height: r.height, loaded: loaded};
+  });
+  const out = document.createElement("pre"); out.id = "layout"; out.textContent = JSON.stringify(boxes);
+  document.body.appendChild(out);
+});</script></body>"""
+
+
+def test_html_renders_in_headless_chromium(base_results: Path, default_report: Path, tmp_path: Path) -> None:
+    """Chromium lays out every table and plot with a visible size, and the screenshot is not blank."""
     browser = chromium()
     if browser is None:
         pytest.skip("headless Chromium is not installed (apt-get install -y chromium)")
-    page = (default_report / "leaderboard.html").resolve()
+    page = tmp_path / "probed.html"
+    page.write_text((default_report / "leaderboard.html").read_text().replace("</body>", LAYOUT_PROBE))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1366,900"]
     dumped = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+        [*flags, "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()],
         capture_output=True,
         text=True,
         timeout=60,
@@ -331,11 +366,89 @@ def test_html_renders_in_headless_chromium(base_results: Path, default_report: P
     reader = TableReader("per-dataset")
     reader.feed(dumped)
     header, body = reader.rows[0], reader.rows[1:]
-    assert header == ["Dataset", "bc", "iql", "iql+rw"]
+    assert header[5:] == ["bc", "iql", "iql+rw"]
     for (dataset, method), cell in expected_per_dataset(base_results).items():
         row = next(r for r in body if r[0].removesuffix(" †") == dataset)
         assert row[header.index(method)] == cell, (dataset, method)
-    assert "<img" in dumped and "aggregate" in dumped
+    layout = json.loads(dumped.split('<pre id="layout">', 1)[1].split("</pre>", 1)[0].replace("&quot;", '"'))
+    tables = {box["id"] for box in layout if box["tag"] == "TABLE"}
+    assert {"per-dataset", "aggregate", "improvement", "hparams", "runs"} <= tables
+    images = [box for box in layout if box["tag"] == "IMG"]
+    assert len(images) == 5
+    for box in layout:
+        assert box["width"] > 100 and box["height"] > 20 and box["loaded"], box
+    screenshot = tmp_path / "top.png"
+    subprocess.run(
+        [*flags, f"--screenshot={screenshot}", (default_report / "leaderboard.html").resolve().as_uri()],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=float)
+    assert pixels.shape == (900, 1366)
+    # Not blank: some dark text on the white page, in the upper and the lower half of the screen.
+    for half in (pixels[:450], pixels[450:]):
+        assert (half < 100).mean() > 0.005 and (half > 200).mean() > 0.5
+
+
+def test_header_is_read_from_the_rows(default_report: Path) -> None:
+    text = (default_report / "LEADERBOARD.md").read_text()
+    # The fixture's runs rows lack eval_every and eval_episodes: the evals rows stand in.
+    for line in [
+        "- **Suite**: test",
+        "- **Updates per seed**: 3,000",
+        "- **Evaluation**: every 1,000 updates, 5 episodes",
+        "- **Final score**: mean of the last 1 evaluations",
+        "- **Seeds**: 5 (0–4)",
+        "- **Runs**: 45 (one per seed and job), plus 2 failed seeds without rows",
+        "- **Code**: abc123def456",
+        "- **Written**: 2026-01-02",
+        "- **Devices**: cpu: test (2 cores)",
+    ]:
+        assert line in text.splitlines(), line
+    assert "> **Early learning only: 3,000 updates per seed is 0.3% of the papers' 1,000,000" in text
+
+
+def test_probability_of_improvement_matches_stats(base_results: Path, default_report: Path) -> None:
+    table = markdown_tables((default_report / "LEADERBOARD.md").read_text())[2]
+    assert table[0] == ["X \\ Y", "bc", "iql", "iql+rw"]
+    tables = report_tables.compute_tables(report_tables.load_results(base_results), REPS, SEED)
+    matrices = tables.matrices
+    for row in table[1:]:
+        for y, cell in zip(table[0][1:], row[1:], strict=True):
+            if y == row[0]:
+                assert cell == "—"
+                continue
+            interval = stats.probability_of_improvement_interval(
+                matrices[row[0]], matrices[y], REPS, 0.95, SEED
+            )
+            assert cell == f"{interval.point:.2f} [{interval.lower:.2f}, {interval.upper:.2f}]"
+
+
+def test_published_per_dataset_overrides_are_marked() -> None:
+    """A2PR's published hopper-medium setting (mask 0.4) is marked; its default elsewhere is not."""
+    from offbench.algorithms import a2pr
+    from offbench.bench.report_facts import hyperparameters
+
+    base = {"mask": 0.5, "alpha": 2.5, "discount": 0.99, "total_steps": 1_000_000}
+    medium = {**base, "mask": 0.4, "discount": 0.995, "total_steps": 2000}
+    runs = pd.DataFrame(
+        {
+            "method": "a2pr",
+            "algorithm": "a2pr",
+            "dataset": ["offbench/hopper/medium-v0", "offbench/hopper/medium-replay-v0"],
+            "hparams": [json.dumps(medium), json.dumps(base)],
+        }
+    )
+    assert a2pr.Config().mask == 0.5
+    table = hyperparameters(runs).set_index(["dataset", "name"])
+    assert table.loc[("offbench/hopper/medium-v0", "mask"), "source"] == "published"
+    assert table.loc[("offbench/hopper/medium-v0", "discount"), "source"] == "published"
+    assert table.loc[("offbench/hopper/medium-v0", "total_steps"), "source"] == "suite"
+    assert table.loc[("offbench/hopper/medium-replay-v0", "mask"), "source"] == "default"
+    assert table.loc[("offbench/hopper/medium-replay-v0", "mask"), "value"] == "0.5"
 
 
 def test_report_cli(base_results: Path, tmp_path: Path) -> None:
@@ -353,18 +466,28 @@ def test_report_cli_missing_results(tmp_path: Path) -> None:
     assert "no runs parquet files" in result.output
 
 
-def test_notebook_reads_the_parquet_and_reproduces_the_aggregate(results_dir: Path, monkeypatch) -> None:
+def test_notebook_reproduces_the_committed_leaderboard() -> None:
+    """The committed notebook, run on the committed results, prints the page's aggregate numbers."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    notebook = nbformat.read(Path(__file__).parents[1] / "notebooks" / "leaderboard.ipynb", as_version=4)
-    monkeypatch.setenv("OFFBENCH_RESULTS", str(results_dir))
-    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
-    assert (results_dir / "notebook_aggregate.png").stat().st_size > 0
-    table = next(o for o in notebook.cells[4].outputs if o.get("output_type") == "execute_result")
-    text = table["data"]["text/plain"]
-    runs = pd.read_parquet(results_dir / "runs")
-    for algorithm in runs["algorithm"].unique():
-        assert algorithm in text
+    root = Path(__file__).parents[1]
+    committed = nbformat.read(root / "notebooks" / "leaderboard.ipynb", as_version=4)
+    committed_outputs = [o for cell in committed.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in committed_outputs) >= 3  # committed with its plots
+    notebook = nbformat.read(root / "notebooks" / "leaderboard.ipynb", as_version=4)
+    resources = {"metadata": {"path": str(root / "notebooks")}}
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3", resources=resources).execute()
+    texts = "\n".join(
+        o.get("text", "") + o.get("data", {}).get("text/plain", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+    )
+    assert "equal to the report's aggregate table and to LEADERBOARD.md" in texts
+    aggregate = markdown_tables((root / "results" / "default" / "LEADERBOARD.md").read_text())[1]
+    for row in aggregate[1:]:  # e.g. "18.8 [18.6, 19.7]": every interval of the page, in the notebook
+        for cell in row[1:]:
+            assert cell in texts, (row[0], cell)
 
 
 def test_labels_name_methods_and_success_rates_get_their_own_table(tmp_path: Path) -> None:
@@ -396,7 +519,7 @@ def test_labels_name_methods_and_success_rates_get_their_own_table(tmp_path: Pat
     report(out, tmp_path / "report")
     text = (tmp_path / "report" / "LEADERBOARD.md").read_text()
     per_dataset, success_table = markdown_tables(text)[:2]
-    assert per_dataset[0] == ["Dataset", "dqc", "dqc-os"]  # labels, not "dqc@hash"
+    assert per_dataset[0][5:] == ["dqc", "dqc-os"]  # labels, not "dqc@hash"
     assert "## Per-dataset success rates" in text
     # In percent; the diverged seed counts 0; hopper-medium has no success signal and is left out.
     assert success_table == [
@@ -408,7 +531,7 @@ def test_labels_name_methods_and_success_rates_get_their_own_table(tmp_path: Pat
         ],
     ]
     html = (tmp_path / "report" / "leaderboard.html").read_text()
-    assert '<table id="success">' in html
+    assert '<table id="success" class="sortable">' in html
 
 
 def test_no_success_table_without_a_success_signal(default_report: Path) -> None:
@@ -432,9 +555,8 @@ def test_results_of_schema_version_1_are_still_reported(
             frame.to_parquet(old / table / path.name)
     shutil.copytree(base_results / "failures", old / "failures")  # records without a label, as before
     report(old, tmp_path / "report")
-    assert (
-        markdown_tables((tmp_path / "report" / "LEADERBOARD.md").read_text())[:3]
-        == markdown_tables((default_report / "LEADERBOARD.md").read_text())[:3]
+    assert markdown_tables((tmp_path / "report" / "LEADERBOARD.md").read_text()) == markdown_tables(
+        (default_report / "LEADERBOARD.md").read_text()
     )
 
 

@@ -13,11 +13,18 @@ from scipy import stats
 
 from offbench.algorithms import available_algorithms, get_algorithm, sampling
 from offbench.algorithms.config import BaseConfig
-from offbench.bench.train import init_states, make_train_chunk, seed_keys, shared_arrays
+from offbench.bench.engine import init_states, make_train_chunk, seed_keys, shared_arrays, training_data
 from offbench.datasets.dataset import DatasetSpec, build_dataset
 
-SPEC = DatasetSpec(id="hand", source="test", env_id=None, observation_dim=1, action_dim=1,
-                   action_low=(-1.0,), action_high=(1.0,))
+SPEC = DatasetSpec(
+    id="hand",
+    source="test",
+    env_id=None,
+    observation_dim=1,
+    action_dim=1,
+    action_low=(-1.0,),
+    action_high=(1.0,),
+)
 
 
 def trajectories(rewards: list[list[float]], initial: list[float], ends: list[str], observation_dim: int = 1):
@@ -33,15 +40,22 @@ def trajectories(rewards: list[list[float]], initial: list[float], ends: list[st
         timeouts += [False] * (len(trajectory) - 1) + [end == "timeout"]
     observations = np.concatenate(observations)
     n = len(observations)
-    return build_dataset(spec, observations=observations, actions=rng.uniform(-1, 1, (n, 1)),
-                         rewards=np.concatenate(rewards), terminals=terminals, timeouts=timeouts,
-                         next_observations=rng.normal(size=(n, observation_dim)))
+    return build_dataset(
+        spec,
+        observations=observations,
+        actions=rng.uniform(-1, 1, (n, 1)),
+        rewards=np.concatenate(rewards),
+        terminals=terminals,
+        timeouts=timeouts,
+        next_observations=rng.normal(size=(n, observation_dim)),
+    )
 
 
 # Three trajectories: lengths 2, 3, 1; returns 0, 10, 5; initial observations 0, 1, 2. The last one has no
 # terminal or timeout (the dataset stops mid-episode): it is still a trajectory of its own (§3.8.4).
-HAND = dict(rewards=[[1.0, -1.0], [2.0, 3.0, 5.0], [5.0]], initial=[0.0, 1.0, 2.0],
-            ends=["terminal", "timeout", ""])
+HAND = dict(
+    rewards=[[1.0, -1.0], [2.0, 3.0, 5.0], [5.0]], initial=[0.0, 1.0, 2.0], ends=["terminal", "timeout", ""]
+)
 
 
 def probabilities(dataset, sampler: str, **settings) -> np.ndarray:
@@ -66,12 +80,15 @@ def test_aw_probabilities_by_hand():
     np.testing.assert_allclose(probabilities(dataset, "aw", sampler_temperature=0.5), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize(("fraction", "expected"), [
-    (0.5, [0, 0, 1 / 3, 1 / 3, 1 / 3, 0]),  # floor(1.5) = 1: the return-10 trajectory
-    (0.1, [0, 0, 1 / 3, 1 / 3, 1 / 3, 0]),  # floor(0.3) = 0, but at least one trajectory is kept
-    (0.7, [0, 0, 1 / 4, 1 / 4, 1 / 4, 1 / 4]),  # floor(2.1) = 2: returns 10 and 5
-    (1.0, [1 / 6] * 6),
-])
+@pytest.mark.parametrize(
+    ("fraction", "expected"),
+    [
+        (0.5, [0, 0, 1 / 3, 1 / 3, 1 / 3, 0]),  # floor(1.5) = 1: the return-10 trajectory
+        (0.1, [0, 0, 1 / 3, 1 / 3, 1 / 3, 0]),  # floor(0.3) = 0, but at least one trajectory is kept
+        (0.7, [0, 0, 1 / 4, 1 / 4, 1 / 4, 1 / 4]),  # floor(2.1) = 2: returns 10 and 5
+        (1.0, [1 / 6] * 6),
+    ],
+)
 def test_topk_probabilities_by_hand(fraction, expected):
     dataset = trajectories(**HAND)
     actual = probabilities(dataset, "topk", sampler_top_fraction=fraction)
@@ -112,8 +129,9 @@ def test_aw_baseline_equals_least_squares_with_intercept():
 
 @pytest.mark.parametrize("sampler", ["rw", "aw"])
 def test_all_equal_scores_give_uniform_weights_with_a_warning(sampler):
-    equal = trajectories(rewards=[[2.0, 3.0], [5.0], [1.0, 1.0, 3.0]], initial=[0.0, 1.0, 3.0],
-                         ends=["timeout"] * 3)
+    equal = trajectories(
+        rewards=[[2.0, 3.0], [5.0], [1.0, 1.0, 3.0]], initial=[0.0, 1.0, 3.0], ends=["timeout"] * 3
+    )
     with pytest.warns(UserWarning, match="same (returns|advantages), so the weights are uniform"):
         np.testing.assert_allclose(probabilities(equal, sampler), np.full(6, 1 / 6), rtol=1e-12)
     if sampler == "aw":
@@ -132,8 +150,12 @@ def alias_mass(threshold: np.ndarray, alias: np.ndarray) -> np.ndarray:
 
 def test_alias_table_reproduces_the_distribution_exactly():
     rng = np.random.default_rng(0)
-    cases = [np.full(7, 1 / 7), np.array([1.0]), np.array([0.0, 1.0, 0.0]),
-             np.repeat([0.1, 0.3, 0.05], [4, 2, 4])]
+    cases = [
+        np.full(7, 1 / 7),
+        np.array([1.0]),
+        np.array([0.0, 1.0, 0.0]),
+        np.repeat([0.1, 0.3, 0.05], [4, 2, 4]),
+    ]
     for _ in range(200):
         p = rng.exponential(size=int(rng.integers(1, 80))) ** rng.uniform(0.2, 8.0)
         p[rng.random(p.size) < 0.2] = 0.0
@@ -165,9 +187,11 @@ def test_device_alias_table_matches_the_host_table():
 
 
 # Six trajectories of different lengths, returns and initial observations (AW's fit does not interpolate).
-FREQUENCY = dict(rewards=[[1.0, 0.0, 2.0], [0.5] * 5, [4.0, -1.0], [1.0] * 6, [0.0, 0.0, 0.0, 7.0], [2.5]],
-                 initial=[0.3, -1.0, 0.8, 2.0, -0.4, 1.1],
-                 ends=["terminal", "timeout", "terminal", "timeout", "terminal", ""])
+FREQUENCY = dict(
+    rewards=[[1.0, 0.0, 2.0], [0.5] * 5, [4.0, -1.0], [1.0] * 6, [0.0, 0.0, 0.0, 7.0], [2.5]],
+    initial=[0.3, -1.0, 0.8, 2.0, -0.4, 1.1],
+    ends=["terminal", "timeout", "terminal", "timeout", "terminal", ""],
+)
 
 
 @pytest.mark.parametrize("sampler", sampling.SAMPLERS)
@@ -240,12 +264,14 @@ def test_every_algorithm_trains_with_every_sampler(name):
         small |= {"critic_horizon": 3, "action_horizon": 2}
     cfg = algorithm.Config(batch_size=8, total_steps=3, **small)
     update = jax.jit(algorithm.update, static_argnums=3)
-    prepared = sampling.prepare(dataset, cfg)
+    prepared = training_data(algorithm, dataset, cfg)
     initial = jax.jit(algorithm.init, static_argnums=2)(jax.random.key(0), prepared.dataset, cfg)
     shared = shared_arrays(algorithm, prepared, cfg)  # derived from the dataset, not the sampler
     extra = {} if shared is None else {"shared": shared}
     for sampler in sampling.SAMPLERS:
-        data = sampling.prepare(dataset, dataclasses.replace(cfg, sampler=sampler, sampler_temperature=0.5))
+        data = training_data(
+            algorithm, dataset, dataclasses.replace(cfg, sampler=sampler, sampler_temperature=0.5)
+        )
         state = initial
         for step in range(3):
             batch = draw(data, jax.random.key(step), cfg)

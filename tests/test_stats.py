@@ -387,3 +387,26 @@ def test_difference_interval_matches_the_gap_between_separated_methods() -> None
     assert iqm.point == pytest.approx(stats.aggregate_iqm(better) - stats.aggregate_iqm(worse))
     with pytest.raises(ValueError, match="same tasks"):
         stats.difference_interval(np.ones((3, 2)), np.ones((3, 1)))
+
+
+def test_optimality_gap_threshold_follows_the_scale() -> None:
+    unit = np.array([[0.5, 1.2], [0.8, 0.3]])
+    # scale=1 ([0, 1] scores): clipped 0.5, 1, 0.8, 0.3 -> mean 0.65 -> gap 0.35.
+    assert stats.aggregate_optimality_gap(unit, scale=1.0) == pytest.approx(0.35)
+    assert stats.aggregate_optimality_gap(100 * unit) == pytest.approx(35.0)
+    table = stats.aggregate_intervals({"a": unit}, metrics=("optimality_gap",), reps=200, scale=1.0)
+    assert table["point"].iloc[0] == pytest.approx(0.35)
+
+
+def test_unit_scale_scores_without_a_scale_raise() -> None:
+    unit = np.array([[0.5, 1.2], [0.8, 0.3]])
+    with pytest.raises(ValueError, match=r"look like \[0, 1\]-normalised scores.*scale=1.0"):
+        stats.aggregate_optimality_gap(unit)
+    with pytest.raises(ValueError, match="scale=1.0"):
+        stats.aggregate_intervals({"a": unit, "b": unit / 2}, reps=10)
+    # Stated explicitly, x100 scores that happen to be tiny are accepted.
+    assert stats.aggregate_optimality_gap(unit, scale=100.0) == pytest.approx(100.0 - 0.7)
+    with pytest.raises(ValueError, match="look like D4RL x100 scores"):
+        stats.aggregate_intervals({"a": 100 * unit}, reps=10, scale=1.0)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        stats.aggregate_optimality_gap(unit, scale=10.0)

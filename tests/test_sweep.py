@@ -62,7 +62,7 @@ def test_builtin_suites_parse():
         (lambda s: s.replace('seeds = "0-1"', "seeds = [0, -1]"), "seeds must be a string like '0-4'"),
         (lambda s: s.replace('datasets = ["x/y-v0"]', "datasets = []"), "datasets must be a string or a"),
         (lambda s: s.replace('datasets = ["x/y-v0"]', 'datasets = ["x/y-v0", 3]'), "got ['x/y-v0', 3]"),
-        (lambda s: s.replace('name = "tiny"', "name = 7"), 'name must be a string in quotes, e.g. name ='),
+        (lambda s: s.replace('name = "tiny"', "name = 7"), "name must be a string in quotes, e.g. name ="),
         (lambda s: s.replace('name = "tiny"', 'name = "a/b"'), "name 'a/b' names the results folder"),
         (lambda s: s.split("[[algorithms]]")[0] + "algorithms = 3\n", "not algorithms = 3"),
         (lambda s: s.replace('name = "td3bc"', "name = 1"), "name must be an algorithm name in quotes"),
@@ -229,7 +229,7 @@ hparams = { hidden_dims = [16, 16], batch_size = 32, alpha = 1.0 }
     assert len(summary.finished) == 2 and not summary.failed
     runs = pd.read_parquet(tmp_path / "runs")
     assert sorted(runs["label"].unique()) == ["td3bc", "td3bc-strong-bc"]
-    tables, _ = compute_tables(load_results(tmp_path), reps=100)
+    tables = compute_tables(load_results(tmp_path), reps=100)
     assert sorted(tables.cells["method"]) == ["td3bc", "td3bc-strong-bc"]  # no "td3bc@hash" pair
 
 

@@ -52,9 +52,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from offbench.datasets.dataset import DatasetError, suggest
+from offbench.datasets.dataset import DatasetError
 from offbench.datasets.generate.rollout import Episode, collect_episodes, write_minari
 from offbench.datasets.sources import minari_datasets_path
+from offbench.hints import suggest
 
 ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 ACTION_DIMS = {"hopper": 3, "halfcheetah": 6, "walker2d": 6}
@@ -76,10 +77,15 @@ def dataset_id(env: str, kind: str) -> str:
 
 
 def generatable_ids() -> list[str]:
-    """Every id :func:`generate` can make: the MuJoCo catalog and OGBench play data (``ogbench_play``)."""
-    from offbench.datasets.generate import ogbench_play
+    """Every id :func:`generate` can make: the MuJoCo catalog, OGBench play data (``ogbench_play``) and
+    D4RL-style PointMaze data (``pointmaze``)."""
+    from offbench.datasets.generate import ogbench_play, pointmaze
 
-    return [dataset_id(env, kind) for env in ENVS for kind in KINDS] + ogbench_play.generatable_ids()
+    return (
+        [dataset_id(env, kind) for env in ENVS for kind in KINDS]
+        + ogbench_play.generatable_ids()
+        + pointmaze.generatable_ids()
+    )
 
 
 def parse_id(identifier: str) -> tuple[str, str]:
@@ -410,10 +416,13 @@ def write_atomically(
     refs: tuple[float, float] | None,
     description: str,
     overwrite: bool,
+    env_kwargs: dict | None = None,
+    eval_env_kwargs: dict | None = None,
 ) -> None:
     """Write into ``<root>/.offbench-staging-<pid>`` and move the finished dataset into place.
 
-    ``env_id`` is the Gymnasium id of the evaluation environment; ``refs`` (ref_min, ref_max) or None.
+    ``env_id`` is the Gymnasium id of the evaluation environment; ``refs`` (ref_min, ref_max) or None;
+    ``env_kwargs`` / ``eval_env_kwargs`` as in :func:`rollout.write_minari`.
     Whatever happens (an error, Ctrl-C), the staging folder is removed and ``<root>/<identifier>`` holds
     either the previous complete dataset or the new complete one.
     """
@@ -436,6 +445,8 @@ def write_atomically(
                 ref_min_score=None if refs is None else refs[0],
                 ref_max_score=None if refs is None else refs[1],
                 description=description,
+                env_kwargs=env_kwargs,
+                eval_env_kwargs=eval_env_kwargs,
             )
         finally:
             if previous is None:
@@ -592,17 +603,32 @@ def generate(
     policies_dir: Path | str | None = None,
     reference_episodes: int | None = None,
 ) -> list[str]:
-    """Make sure one dataset exists, generating it on demand (``bench.sweep.ensure_datasets``), with the
+    """Make sure one dataset exists, generating it on demand (``provision.ensure_datasets``), with the
     base datasets it is built from that are missing, and store the quality metrics of what was written.
 
     Returns the ids written: ``[]`` when the dataset already exists and ``overwrite`` is False (a sweep
     asking for a mixed id and then for its random base finds the base written by the first request).
     ``size`` and ``reference_episodes`` default to :data:`DEFAULT_SIZE` and :data:`REFERENCE_EPISODES`.
-    OGBench play ids (``offbench/ogbench/...``) go to :func:`ogbench_play.generate_play`, which uses
+    PointMaze ids (``offbench/pointmaze/...``) go to :func:`pointmaze.generate_maze`; OGBench play ids
+    (``offbench/ogbench/...``) go to :func:`ogbench_play.generate_play`, which uses
     neither behaviour policies nor reference episodes.
     """
-    from offbench.datasets.generate import ogbench_play
+    from offbench.datasets.generate import ogbench_play, pointmaze
 
+    if identifier.startswith(pointmaze.NAMESPACE):
+        maze, reward = pointmaze.parse_id(identifier)
+        if exists(identifier) and not overwrite:
+            return []
+        return pointmaze.generate_maze(
+            maze,
+            rewards=(reward,),
+            size=pointmaze.DEFAULT_SIZE if size is None else size,
+            seed=seed,
+            overwrite=overwrite,
+            reference_episodes=pointmaze.REFERENCE_EPISODES
+            if reference_episodes is None
+            else reference_episodes,
+        )
     if identifier.startswith(ogbench_play.NAMESPACE):
         env, task = ogbench_play.parse_id(identifier)
         if exists(identifier) and not overwrite:

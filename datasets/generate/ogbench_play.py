@@ -44,9 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from offbench.datasets.dataset import DatasetError, suggest
+from offbench.datasets.dataset import DatasetError
 from offbench.datasets.generate import catalog
 from offbench.datasets.generate.rollout import Episode
+from offbench.hints import suggest
 
 NAMESPACE = "offbench/ogbench/"
 ENVS = ("cube-single",)  # OGBench environments whose play data can be generated

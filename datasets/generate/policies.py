@@ -31,6 +31,7 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import os
 import time
@@ -55,6 +56,7 @@ from rich.progress import (
 from rich.table import Table
 
 from offbench.datasets.generate import sac
+from offbench.files import write_bytes_atomic, write_text_atomic
 
 ENV_IDS: dict[str, str] = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 POLICIES_DIR = Path(__file__).resolve().parent.parent / "policies"
@@ -256,25 +258,6 @@ def _checkpoint_steps(work_dir: Path) -> list[int]:
     return sorted((int(p.stem.split("_")[1]) for p in work_dir.glob("checkpoint_*.npz")), reverse=True)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temporary sibling, fsync it, then rename it over ``path``.
-
-    A rename within one directory is atomic, so readers (and a run killed at any instant) see either
-    the old complete file or the new complete one, never a partial file.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _run_meta(env: str, seed: int, num_envs: int, cfg: sac.Config) -> dict[str, Any]:
     """The settings a checkpoint can only be resumed under."""
     return {"env": env, "seed": seed, "num_envs": num_envs, "cfg": dataclasses.asdict(cfg)}
@@ -298,7 +281,9 @@ def _save_checkpoint(work_dir: Path, progress: _Progress, meta: dict[str, Any]) 
     }
     arrays["meta"] = np.asarray(json.dumps(full_meta))
     path = _checkpoint_path(work_dir, progress.step)
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue(), durable=True)
     for old in _checkpoint_steps(work_dir)[KEEP_CHECKPOINTS:]:
         _checkpoint_path(work_dir, old).unlink(missing_ok=True)
     return path
@@ -495,7 +480,7 @@ def _save_snapshot(
     name = f"step_{step}"
     payload = flax.serialization.to_bytes(jax.device_get(actor_params))
     (out_dir / name).mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / name / ACTOR_FILE, lambda f: f.write(payload))
+    write_bytes_atomic(out_dir / name / ACTOR_FILE, payload, durable=True)
     actor = sac.actor_from_params(actor_params)
     entry = {
         "name": name,
@@ -515,7 +500,7 @@ def _save_snapshot(
     )
     snapshots = [s for s in manifest.get("snapshots", []) if s["name"] != name] + [entry]
     manifest = designate({**manifest, "snapshots": sorted(snapshots, key=lambda s: s["steps"])})
-    _atomic_write(manifest_path, lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n", durable=True)
     return manifest
 
 
@@ -870,7 +855,7 @@ def reevaluate(env: str, policies_dir: Path | None = None, episodes: int = 100, 
             f"{np.mean(evaluation.sampled_returns):.1f} sampled"
         )
     manifest = designate({**manifest, "snapshots": snapshots})
-    _atomic_write(env_dir / MANIFEST, lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
+    write_text_atomic(env_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n", durable=True)
     console.log(f"{env}: expert={manifest['expert']} medium={manifest['medium']}")
 
 

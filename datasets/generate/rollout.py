@@ -65,8 +65,14 @@ def write_minari(
     ref_max_score: float | None = None,
     description: str | None = None,
     algorithm_name: str = "offbench",
+    env_kwargs: dict | None = None,
+    eval_env_kwargs: dict | None = None,
 ) -> None:
     """Create a Minari (HDF5) dataset from episodes. Reference scores are stored only when given.
+
+    ``env_kwargs`` are the collection environment's ``gym.make`` arguments, recorded in its spec;
+    ``eval_env_kwargs``, when given, make a distinct evaluation environment (its spec is recorded as
+    ``eval_env_spec``; by default the evaluation environment is ``env_id`` as registered).
 
     Minari creates the dataset (metadata, spaces, namespace) from an empty buffer list; the episodes are
     then written by :func:`write_episodes_hdf5` in Minari's layout, and the totals go into the metadata.
@@ -83,8 +89,8 @@ def write_minari(
         dataset = minari.create_dataset_from_buffers(
             dataset_id,
             [],
-            env=gym.make(env_id),
-            eval_env=env_id,
+            env=gym.make(env_id, **(env_kwargs or {})),
+            eval_env=env_id if eval_env_kwargs is None else gym.make(env_id, **eval_env_kwargs),
             algorithm_name=algorithm_name,
             author={"offbench"},
             author_email={"offbench@users.noreply.invalid"},
@@ -111,7 +117,17 @@ EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncatio
 
 def write_episodes_hdf5(path: Path, episodes: list[Episode]) -> None:
     """Append episodes to a Minari HDF5 file: group ``episode_<i>`` with attributes ``id`` and
-    ``total_steps``, one contiguous dataset per key and an empty ``infos`` group, as Minari writes them."""
+    ``total_steps``, one contiguous dataset per key and an empty ``infos`` group, as Minari writes them.
+    Dictionary observations (``{key: array}``) become a group with one dataset per key, as Minari stores
+    a Dict space."""
+
+    def write(group, key: str, value: np.ndarray) -> None:
+        data = np.ascontiguousarray(value)
+        # The low-level calls skip h5py's per-dataset option handling (half the time here).
+        space = h5py.h5s.create_simple(data.shape)
+        handle = h5py.h5d.create(group.id, key.encode(), h5py.h5t.py_create(data.dtype), space)
+        handle.write(h5py.h5s.ALL, h5py.h5s.ALL, data)
+
     with h5py.File(path, "a", track_order=True) as file:
         first = len(file)
         for offset, episode in enumerate(episodes):
@@ -120,11 +136,12 @@ def write_episodes_hdf5(path: Path, episodes: list[Episode]) -> None:
             group.attrs["id"] = index
             group.attrs["total_steps"] = len(episode["rewards"])
             for key in EPISODE_KEYS:
-                data = np.ascontiguousarray(episode[key])
-                # The low-level calls skip h5py's per-dataset option handling (half the time here).
-                space = h5py.h5s.create_simple(data.shape)
-                handle = h5py.h5d.create(group.id, key.encode(), h5py.h5t.py_create(data.dtype), space)
-                handle.write(h5py.h5s.ALL, h5py.h5s.ALL, data)
+                if isinstance(episode[key], dict):
+                    subgroup = group.create_group(key, track_order=True)
+                    for name, value in episode[key].items():
+                        write(subgroup, name, value)
+                else:
+                    write(group, key, episode[key])
             group.create_group("infos")
 
 
