@@ -144,11 +144,15 @@ def brute_force(
 def first_argmin(values: jax.Array) -> jax.Array:
     """Index of the smallest value along the last axis, the lowest among equals (as ``jnp.argmin``).
 
-    Two plain reductions: XLA's CPU backend runs argmin's paired (value, index) reduction ~6x slower
-    than a min, and the descent takes one per level.
+    On the CPU backend (read when traced) two plain reductions: XLA's CPU backend runs argmin's paired
+    (value, index) reduction ~6x slower than a min (measured on this project's 2-core CPU), and the
+    descent takes one per level. Elsewhere, not measured, ``jnp.argmin``.
     """
     count = values.shape[-1]
-    _, lowest = lexicographic_min(values, jnp.arange(count, dtype=jnp.int32))
+    if jax.default_backend() == "cpu":
+        _, lowest = lexicographic_min(values, jnp.arange(count, dtype=jnp.int32))
+    else:
+        lowest = jnp.where(jnp.isnan(values).any(axis=-1), count, jnp.argmin(values, axis=-1))
     # A NaN row (a diverged query) has no minimum: clipped to the last index, a valid node, and the query
     # is never searched.
     return jnp.minimum(lowest, count - 1)

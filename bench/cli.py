@@ -581,7 +581,10 @@ def datasets_info(
         print(f"{key:28s} {value}")
 
 
-@app.command(epilog="See bench/perf.py for what each column measures and how the roofline is built.")
+@app.command(
+    epilog="See bench/perf.py (and bench/gpu_check.py for --gpu-check) for what each column measures and "
+    "how the roofline is built."
+)
 def perf(
     algorithm: Annotated[
         list[str], typer.Option("--algorithm", "-a", help="Algorithm to measure (repeatable; default all).")
@@ -618,11 +621,20 @@ def perf(
         bool,
         typer.Option("--quick", help="Seeds 1,4, 200k transitions, shorter repeats; writes <device>-quick/."),
     ] = False,
+    gpu_check: Annotated[
+        bool,
+        typer.Option(
+            "--gpu-check",
+            help="The accelerator check instead: TD3+BC, IQL and A2PR at 1, 16 and 64 seeds on 1M "
+            "transitions, a large-matmul roofline, the evaluation share of a short run, device memory; "
+            "writes <device>-gpu-check/. With --quick: 1 and 2 seeds, small enough for a CPU.",
+        ),
+    ] = False,
     out: Annotated[
         Path, typer.Option(help="Parent directory of the <device>/ folder of parquet files.")
     ] = Path("results/perf"),
 ) -> None:
-    """Measure training and evaluation speed against the machine's matmul roofline (issue #7).
+    """Measure training and evaluation speed against the machine's matmul roofline.
 
     Per algorithm, dataset size and vmapped seed count: updates/s per seed, compile seconds, XLA FLOPs
     per update, the fraction of a matmul roofline of the network's shapes measured in the same run, and
@@ -635,8 +647,10 @@ def perf(
     Quick look (seeds 1,4; 200k transitions; 0.5 s timed repeats; about 10 minutes on one CPU core):
     offbench perf --quick
 
-    PRDC beside TD3+BC on 200k and 1M transitions (issue #4):
+    PRDC beside TD3+BC on 200k and 1M transitions:
     offbench perf -a td3bc -a prdc --size 200000,1000000 --no-evaluation --no-datasets
+
+    On a GPU (a few minutes; --quick runs it on a CPU in a few): offbench perf --gpu-check
     """
     from rich.console import Console as StdoutConsole
 
@@ -652,6 +666,21 @@ def perf(
             raise typer.BadParameter(f"{option} takes positive integers separated by commas, got {text!r}.")
         return values
 
+    stdout = StdoutConsole(width=180, highlight=False)
+    if gpu_check:
+        from offbench.bench import gpu_check as gpu_check_module
+
+        if algorithm or seeds or size:
+            fail("--gpu-check measures a fixed plan: drop --algorithm, --seeds and --size, or --gpu-check.")
+        checked = gpu_check_module.run(
+            gpu_check_module.QUICK if quick else gpu_check_module.FULL, log=console.print
+        )
+        for table in gpu_check_module.render(checked):
+            stdout.print(table)
+        folder = perf_module.device_slug(checked.device) + "-gpu-check" + ("-quick" if quick else "")
+        for path in gpu_check_module.write(checked, out / folder):
+            print(f"written: {path}")
+        return
     try:
         algorithms = [get_algorithm(name).name for name in algorithm] or available_algorithms()
     except UnknownAlgorithmError as error:
@@ -670,7 +699,6 @@ def perf(
         prdc_dataset=perf_module.PRDC_DATASET if prdc_data else None,
         log=console.print,
     )
-    stdout = StdoutConsole(width=180, highlight=False)
     for table in perf_module.render(tables):
         stdout.print(table)
     folder = perf_module.device_slug(tables.device) + ("-quick" if quick else "")

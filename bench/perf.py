@@ -1,4 +1,4 @@
-"""``offbench perf``: how fast the engine runs, and how close it gets to the machine's limit (issue #7).
+"""``offbench perf``: how fast the engine runs, and how close it gets to the machine's limit.
 
 Four tables, written as parquet under ``results/perf/<device>/`` and printed on stdout:
 
@@ -6,11 +6,12 @@ Four tables, written as parquet under ``results/perf/<device>/`` and printed on 
   seed (the median of timed repeats, each at least ``min_seconds`` of back-to-back jitted chunks, after a
   warm-up chunk); compile seconds of the chunk; FLOPs per update per seed from XLA's cost analysis; the
   matrix-multiply roofline measured in the same process; the fraction of it the update reaches; and the
-  cost of an update relative to TD3+BC's on the same dataset and seed count (issue #4).
+  cost of an update relative to TD3+BC's on the same dataset and seed count; and the memory the update
+  chunk needs (see ``ChunkMemory``).
 - ``evaluation``: env steps per second of offbench's evaluator and of two vector backends (Gymnasium's
   ``SyncVectorEnv`` and envpool), each with the fraction of its time spent outside environment stepping.
 - ``datasets``: seconds to load a stored Minari dataset and to generate a small one.
-- ``targets``: the issue's targets, one row per checked cell, with pass/fail.
+- ``targets``: the performance targets below, one row per checked cell, with pass/fail.
 
 The roofline is a chain of dependent ``[seeds, batch, width] @ [seeds, width, width]`` matmuls (ReLU
 between), the shape the vmapped update's hidden layers have: each seed multiplies its own weights, so
@@ -125,6 +126,56 @@ class Stopwatch:
             yield
         finally:
             self.seconds += time.perf_counter() - tic
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory
+
+
+def tree_bytes(tree: Any) -> int:
+    """Bytes of every array leaf of ``tree`` (a PRNG key counts its key data)."""
+    def nbytes(leaf: Any) -> int:
+        is_key = jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+        return int((jax.random.key_data(leaf) if is_key else leaf).nbytes)
+
+    return sum(nbytes(leaf) for leaf in jax.tree.leaves(tree) if hasattr(leaf, "dtype"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkMemory:
+    """XLA's memory analysis of a compiled update chunk (``Compiled.memory_analysis()``), in bytes.
+
+    The dataset is an argument of the chunk that ``vmap`` leaves unbatched: it is counted once in
+    ``arguments`` whatever the number of seeds, while every seed adds its state and key. This is the
+    figure on every backend; the CPU backend keeps no peak of its own (see :func:`device_peak_bytes`).
+    """
+
+    arguments: int  # dataset, shared arrays, every seed's state and key
+    outputs: int  # new states and keys, metrics
+    aliased: int  # output bytes written into the donated states and keys
+    temporaries: int
+
+    @property
+    def peak(self) -> int:
+        """Arguments, outputs not written in place, and temporaries, as if all were live at once."""
+        return self.arguments + self.outputs - self.aliased + self.temporaries
+
+
+def chunk_memory(compiled: Any) -> ChunkMemory:
+    analysis = compiled.memory_analysis()
+    return ChunkMemory(
+        arguments=int(analysis.argument_size_in_bytes),
+        outputs=int(analysis.output_size_in_bytes),
+        aliased=int(analysis.alias_size_in_bytes),
+        temporaries=int(analysis.temp_size_in_bytes),
+    )
+
+
+def device_peak_bytes() -> float:
+    """The default device's peak bytes in use since the process started, NaN where the backend keeps
+    no such count: a GPU's allocator does, the CPU backend's ``memory_stats()`` is None."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return float(stats.get("peak_bytes_in_use", math.nan))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,6 +316,10 @@ class Measurement:
     flops_complete: bool
     roofline_shape: str  # seeds x rows x width of the roofline's matmuls
     roofline_flops_per_second: float
+    dataset_bytes: int = 0  # the prepared training data on the device, shared by every seed
+    state_bytes: int = 0  # every seed's parameters, optimiser states and key
+    chunk_peak_bytes: int = 0  # ChunkMemory.peak of the compiled chunk
+    device_peak_bytes: float = math.nan  # the device's peak bytes in use so far; NaN on CPU
 
     @property
     def achieved_flops_per_second(self) -> float:
@@ -314,6 +369,7 @@ def measure_algorithm(
     tic = time.perf_counter()
     train = make_train_chunk(algorithm, cfg, chunk).lower(states, keys, data, shared).compile()
     compile_seconds = time.perf_counter() - tic
+    state_bytes = tree_bytes((states, keys))  # before the first call donates them
 
     def train_chunk() -> Any:
         nonlocal states, keys
@@ -340,6 +396,10 @@ def measure_algorithm(
         flops_complete=flops.complete,
         roofline_shape="x".join(map(str, shape)),
         roofline_flops_per_second=roofline(*shape),
+        dataset_bytes=tree_bytes(data),
+        state_bytes=state_bytes,
+        chunk_peak_bytes=chunk_memory(train).peak,
+        device_peak_bytes=device_peak_bytes(),
     )
 
 
@@ -642,7 +702,7 @@ TARGETS = (ROOFLINE_TARGET, PRDC_TARGET, SCALING_TARGET, COMPILE_TARGET, OVERHEA
 
 
 def check_targets(updates: pd.DataFrame, evaluation: pd.DataFrame | None) -> pd.DataFrame:
-    """One row per checked cell of each of issue #7's targets. A target nothing was measured for gets
+    """One row per checked cell of each target. A target nothing was measured for gets
     one row with a NaN value and ``passed`` None (shown as "not measured")."""
     rows: list[dict[str, Any]] = []
 
@@ -746,8 +806,13 @@ def run(
 
 def write(tables: PerfTables, directory: Path) -> list[Path]:
     """One parquet file per table under ``directory``, each row stamped with the device and provenance."""
+    return write_frames(tables.device, tables.frames(), directory)
+
+
+def write_frames(device: str, frames: dict[str, pd.DataFrame], directory: Path) -> list[Path]:
+    """``directory/<name>.parquet`` per frame, each row stamped with ``device`` and provenance."""
     stamp = {
-        "device": tables.device,
+        "device": device,
         "git_sha": provenance.code_version()["git_sha"],
         "code_version": provenance.code_version()["code_version"],
         "jax_version": jax.__version__,
@@ -757,7 +822,7 @@ def write(tables: PerfTables, directory: Path) -> list[Path]:
         results.write_atomic(
             pa.Table.from_pandas(frame.assign(**stamp), preserve_index=False), directory / f"{name}.parquet"
         )
-        for name, frame in tables.frames().items()
+        for name, frame in frames.items()
     ]
 
 

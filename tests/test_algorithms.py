@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from offbench.algorithms import REGISTRY, bc, get_algorithm, iql, td3, td3bc
+from offbench.algorithms import REGISTRY, bc, get_algorithm, iql, nets, td3, td3bc
 from offbench.algorithms.config import resolve_config
-from offbench.algorithms.nets import CriticEnsemble, first_critic, linear
+from offbench.algorithms.nets import CriticEnsemble, first_critic, linear_with_transposed_kernel
 from offbench.algorithms.sampling import Batch
 
 BATCH = Batch(
@@ -244,7 +244,23 @@ def test_linear_has_the_gradients_of_a_plain_matmul_with_any_leading_shape():
         return (weights * matmul(x, kernel)).sum()
 
     expected = jax.grad(partial(loss, jnp.matmul), argnums=(0, 1))(x, kernel)
-    got = jax.jit(jax.grad(partial(loss, linear), argnums=(0, 1)))(x, kernel)
+    got = jax.jit(jax.grad(partial(loss, linear_with_transposed_kernel), argnums=(0, 1)))(x, kernel)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_linear_takes_the_cpu_rewrite_only_on_cpu_with_equal_values(monkeypatch, backend):
+    x, kernel = jax.random.normal(jax.random.key(0), (8, 5)), jax.random.normal(jax.random.key(1), (5, 3))
+    monkeypatch.setattr(nets.jax, "default_backend", lambda: backend)  # read when linear is traced
+
+    def loss(x, kernel):
+        return jnp.sin(nets.linear(x, kernel)).sum()
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, kernel))
+    assert ("optimization_barrier" in jaxpr) == (backend == "cpu")
+    got = jax.grad(loss, argnums=(0, 1))(x, kernel)
+    expected = jax.grad(lambda x, kernel: jnp.sin(x @ kernel).sum(), argnums=(0, 1))(x, kernel)
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
 

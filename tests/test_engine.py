@@ -368,6 +368,7 @@ jax.block_until_ready(make_train_chunk(algorithm, cfg, 1)(states, keys, data, No
 
 @pytest.mark.parametrize("attempt", range(3))
 def test_iql_with_three_seeds_does_not_hang(attempt):
-    """jax 0.10.x deadlocks here in most runs (pyproject.toml pins jax below 0.10); a fresh process each."""
+    """On jax 0.10 a vmapped 3-seed IQL initialisation (batched LAPACK QR of the orthogonal init)
+    deadlocked in most runs; init_states maps over the seeds instead. A fresh process each."""
     completed = subprocess.run([sys.executable, "-c", IQL_THREE_SEEDS], timeout=180, capture_output=True)
     assert completed.returncode == 0, completed.stderr.decode()[-2000:]

@@ -13,9 +13,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from offbench.algorithms import get_algorithm, sampling
-from offbench.bench import perf
+from offbench.bench import gpu_check, perf
 from offbench.bench.cli import app
-from offbench.bench.engine import init_states, seed_keys, shared_arrays
+from offbench.bench.engine import init_states, make_train_chunk, seed_keys, shared_arrays
 
 TINY = {"hidden_dims": (32, 32), "batch_size": 16}
 
@@ -281,3 +281,49 @@ def test_perf_command_help_documents_full_and_quick_runs():
 def test_perf_command_rejects_bad_lists():
     result = CliRunner().invoke(app, ["perf", "--seeds", "1,x"])
     assert result.exit_code != 0 and "positive integers" in result.output
+
+
+def test_the_dataset_is_counted_once_whatever_the_seed_count():
+    """XLA's memory analysis of the chunk: the dataset is one unbatched argument, each seed adds its state."""
+    algorithm = get_algorithm("bc")
+    cfg = algorithm.Config(**TINY)
+    data = sampling.prepare(perf.random_dataset(2_000), cfg)
+    dataset_arguments = []
+    for num_seeds in (1, 3):
+        init_keys, keys = seed_keys(tuple(range(num_seeds)))
+        states = init_states(algorithm, data, cfg, init_keys)
+        compiled = make_train_chunk(algorithm, cfg, 2).lower(states, keys, data, None).compile()
+        memory = perf.chunk_memory(compiled)
+        dataset_arguments.append(memory.arguments - perf.tree_bytes((states, keys)))
+        assert memory.peak >= memory.arguments
+    # BC reads float32 observations (11) and actions (3) of 2,000 transitions; jit drops the unread arrays.
+    assert dataset_arguments == [2_000 * (11 + 3) * 4] * 2
+
+
+@pytest.mark.slow  # about 2 minutes on an idle 2-core CPU: five compiles and two evaluations
+def test_gpu_check_runs_on_cpu_and_writes_its_tables(tmp_path):
+    settings = gpu_check.Settings(
+        seed_counts=(1, 2), dataset_size=2_000, chunk=2, repeats=1, min_seconds=0.0, matmul_size=64,
+        run_seeds=1, run_steps=2, run_eval_every=1, run_episodes=1,
+    )  # fmt: skip
+    tables = gpu_check.run(settings, algorithms=("bc", "td3bc"))
+    updates = tables.updates
+    cells = updates[["algorithm", "seeds"]].values.tolist()
+    assert cells == [["bc", 1], ["bc", 2], ["td3bc", 1], ["td3bc", 2]]
+    assert (updates.updates_per_second_per_seed > 0).all() and (updates.chunk_peak_bytes > 0).all()
+    assert updates.dataset_bytes.nunique() == 1  # one dataset, whatever the algorithm or seed count
+    assert updates.device_peak_bytes.isna().all()  # the CPU backend keeps no peak
+    assert tables.roofline.flops_per_second.iloc[0] > 0
+    share = tables.evaluation_share.iloc[0]
+    assert share.evaluations == 2 and 0 < share.evaluation_share < share.evaluation_share_without_compile < 1
+    assert [table.row_count for table in gpu_check.render(tables)] == [4, 1, 1, 1]
+    paths = gpu_check.write(tables, tmp_path / "cpu-test-gpu-check")
+    assert sorted(path.name for path in paths) == [
+        "evaluation_share.parquet", "memory.parquet", "roofline.parquet", "updates.parquet",
+    ]  # fmt: skip
+    assert set(pd.read_parquet(tmp_path / "cpu-test-gpu-check" / "memory.parquet").device) == {tables.device}
+
+
+def test_gpu_check_rejects_a_custom_plan():
+    result = CliRunner().invoke(app, ["perf", "--gpu-check", "-a", "bc"])
+    assert result.exit_code != 0 and "fixed plan" in result.output

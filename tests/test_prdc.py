@@ -183,3 +183,15 @@ def test_dataset_overrides():
     assert (antmaze.reward_scale, antmaze.reward_shift) == (10000.0, -1.0)
     hopper = resolve_config(prdc.Config, "mujoco/hopper/medium-v0", algorithm.dataset_overrides)
     assert (hopper.alpha, hopper.beta) == (2.5, 2.0)
+
+
+def test_first_argmin_is_equal_on_both_backends_paths(monkeypatch):
+    """The CPU path (two reductions) and the argmin path give the same index: lowest on ties, the last
+    index on a row with a NaN."""
+    nan, inf = jnp.nan, jnp.inf
+    rows = [[3, 1, 1, 2], [nan, 0, 1, 2], [0, 1, nan, -1], [inf, inf, inf, inf], [5, 4, 3, 3]]
+    values = jnp.array(rows, jnp.float32)
+    expected = [1, 3, 3, 0, 2]
+    for backend in ("cpu", "gpu"):
+        monkeypatch.setattr(knn.jax, "default_backend", lambda backend=backend: backend)
+        assert knn.first_argmin(values).tolist() == expected, backend
