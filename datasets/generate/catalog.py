@@ -235,14 +235,6 @@ def random_reference(env: str, episodes: int = REFERENCE_EPISODES) -> float:
     return float(np.mean([ep["rewards"].sum(dtype=np.float64) for ep in runs]))
 
 
-def reference_scores(
-    env: str, policies_dir: Path | str | None = None, episodes: int = REFERENCE_EPISODES
-) -> tuple[float, float]:
-    """(uniform-random mean return over ``episodes`` episodes, the expert's manifest mean return)."""
-    expert = load_policies(env, need_medium=False, policies_dir=policies_dir).expert
-    return random_reference(env, episodes), float(expert.sampled_return_mean)
-
-
 def stored_references(identifier: str) -> tuple[float, float] | None:
     path = minari_datasets_path() / identifier / "data" / "metadata.json"
     try:
