@@ -51,6 +51,7 @@ import jax
 import numpy as np
 
 from offbench.datasets.dataset import DatasetError
+from offbench.datasets.generate import LOCOMOTION_ENVS
 from offbench.datasets.generate.rollout import Episode, collect_episodes
 from offbench.datasets.generate.storage import (
     check_size,
@@ -63,7 +64,7 @@ from offbench.datasets.quality import read_quality
 from offbench.datasets.sources import minari_datasets_path
 from offbench.hints import suggest
 
-ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
+ENVS = LOCOMOTION_ENVS
 ACTION_DIMS = {"hopper": 3, "halfcheetah": 6, "walker2d": 6}
 BASE_KINDS = ("random", "medium", "expert", "medium-replay")
 MIXED_KINDS = tuple(f"random-{good}-{pct}pct" for good in ("medium", "expert") for pct in (1, 5, 10, 50))

@@ -55,10 +55,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from offbench.datasets.generate import sac
+from offbench.datasets.generate import LOCOMOTION_ENVS, sac
 from offbench.files import write_bytes_atomic, write_text_atomic
 
-ENV_IDS: dict[str, str] = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 POLICIES_DIR = Path(__file__).resolve().parent.parent / "policies"
 WORK_ROOT = Path.home() / ".cache" / "offbench" / "sac"
 MANIFEST = "manifest.json"
@@ -81,9 +80,9 @@ def train_command_hint(env: str) -> str:
 
 
 def env_id(env: str) -> str:
-    if env not in ENV_IDS:
-        raise ValueError(f"unknown environment {env!r}; choose one of {', '.join(ENV_IDS)}.")
-    return ENV_IDS[env]
+    if env not in LOCOMOTION_ENVS:
+        raise ValueError(f"unknown environment {env!r}; choose one of {', '.join(LOCOMOTION_ENVS)}.")
+    return LOCOMOTION_ENVS[env]
 
 
 def default_work_dir(env: str) -> Path:
@@ -807,7 +806,7 @@ def _check_env_option(env: str) -> None:
 
 @app.command("train")
 def train_cli(
-    env: Annotated[str, typer.Option(help=f"one of {', '.join(ENV_IDS)}")],
+    env: Annotated[str, typer.Option(help=f"one of {', '.join(LOCOMOTION_ENVS)}")],
     steps: Annotated[int, typer.Option(help="total environment steps")] = 1_000_000,
     seed: int = 0,
     work_dir: Annotated[
@@ -861,7 +860,7 @@ def reevaluate(env: str, policies_dir: Path | None = None, episodes: int = 100, 
 
 @app.command("evaluate")
 def evaluate_cli(
-    env: Annotated[str, typer.Option(help=f"one of {', '.join(ENV_IDS)}")],
+    env: Annotated[str, typer.Option(help=f"one of {', '.join(LOCOMOTION_ENVS)}")],
     policies_dir: Path | None = None,
     episodes: int = 100,
 ) -> None:
@@ -877,7 +876,7 @@ def status_cli(
 ) -> None:
     """Print each environment's snapshot manifest and its newest resume checkpoint."""
     console = Console()
-    for name in env or list(ENV_IDS):
+    for name in env or list(LOCOMOTION_ENVS):
         env_dir = Path(policies_dir or POLICIES_DIR) / name
         work_dir = default_work_dir(name)
         steps = _checkpoint_steps(work_dir) if work_dir.is_dir() else []
