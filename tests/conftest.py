@@ -22,8 +22,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from rollouts import rollout_episodes  # noqa: E402
 
-from offbench.datasets.generate.rollout import rollout_episodes, write_minari  # noqa: E402
+from offbench.datasets.generate.rollout import write_minari  # noqa: E402
 
 
 def noisy_hopper_policy(observation: np.ndarray, rng: np.random.Generator) -> np.ndarray:

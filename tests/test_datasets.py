@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from huggingface_hub.errors import EntryNotFoundError
 from minari.data_collector import EpisodeBuffer
+from rollouts import rollout_episodes
 
 from offbench.algorithms.sampling import gather
 from offbench.datasets import sources
@@ -32,7 +33,7 @@ from offbench.datasets.dataset import (
     build_dataset,
     from_episodes,
 )
-from offbench.datasets.generate.rollout import rollout_episodes, write_minari
+from offbench.datasets.generate.rollout import write_minari
 from offbench.datasets.sources import (
     D4RL_REFERENCE_SCORES,
     check_spaces,

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rollouts import rollout_episodes
 
 from offbench.bench import stats
 from offbench.bench.train import Job, run_job
 from offbench.datasets.generate import catalog
-from offbench.datasets.generate.rollout import rollout_episodes, write_minari
+from offbench.datasets.generate.rollout import write_minari
 
 pytestmark = pytest.mark.slow
 

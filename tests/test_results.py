@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from rollouts import rollout_episodes
 from typer.testing import CliRunner
 
 from offbench.bench import checkpoint, provenance, results
@@ -23,7 +24,7 @@ from offbench.bench.suite import SuiteError, parse_suite
 from offbench.bench.sweep import plan, sweep
 from offbench.bench.train import Job, identify
 from offbench.datasets import fingerprint
-from offbench.datasets.generate.rollout import rollout_episodes, write_minari
+from offbench.datasets.generate.rollout import write_minari
 from offbench.datasets.sources import minari_datasets_path
 
 runner = CliRunner()
