@@ -196,6 +196,7 @@ def test_gradient_flows_through_the_vae_target_unless_switched_off(toy_dataset):
     assert difference > 1e-4
 
 
+@pytest.mark.slow  # ~25 s on 2 cores; the loss and target tests above pin A2PR's steps in the default run
 def test_update_order(toy_dataset, monkeypatch):
     """Critic step, then V toward the updated critic, then the VAE with the updated Q1 and the V from
     before its step, then the actor with the updated critic and VAE and that same V."""

@@ -97,7 +97,12 @@ def progress_points(out: Path) -> tuple[int, int]:
 
 
 def has_temporaries(out: Path) -> bool:
-    return any(".tmp-" in p.name or "orbax-checkpoint-tmp" in p.name for p in out.rglob("*"))
+    # os.walk, unlike Path.rglob, passes over folders the running sweep removes while it walks.
+    return any(
+        ".tmp-" in name or "orbax-checkpoint-tmp" in name
+        for _, folders, files in os.walk(out)
+        for name in (*folders, *files)
+    )
 
 
 def kill_at(process: subprocess.Popen, out: Path, target: str, rng: np.random.Generator) -> str:
