@@ -132,6 +132,64 @@ def test_critic_loss_with_constant_critics_by_hand(state, settings):
         assert float(info["cql_term"]) == pytest.approx(math.log(10), rel=1e-5)
 
 
+def action_critic(params: dict, slopes, offsets) -> dict:
+    """Critic member m outputs ``slopes[m] * (a_0 + 1) + offsets[m]``: a value that ranks actions.
+
+    Hidden unit 0 computes relu(a_0 + 1) = a_0 + 1 on [-1, 1] (observation 3 inputs, then 2 actions);
+    every other weight is zero.
+    """
+    network = jax.tree.map(jnp.zeros_like, params)["params"]["VmapFullyConnected_0"]
+    network["Dense_0"]["kernel"] = network["Dense_0"]["kernel"].at[:, 3, 0].set(1.0)
+    network["Dense_0"]["bias"] = network["Dense_0"]["bias"].at[:, 0].set(1.0)
+    network["Dense_1"]["kernel"] = (
+        network["Dense_1"]["kernel"].at[:, 0, 0].set(jnp.array(slopes, jnp.float32))
+    )
+    network["Dense_1"]["bias"] = jnp.array(offsets, jnp.float32)[:, None]
+    return {"params": {"VmapFullyConnected_0": network}}
+
+
+def test_max_target_backup_takes_the_best_of_n_draws(state):
+    """JaxCQL's cql_max_target_backup: min over the critics per draw a'_k, then the largest over k,
+    with log pi(a'|s') read at that k (it enters only with backup_entropy)."""
+    cfg = dataclasses.replace(SMALL, cql_max_target_backup=True, backup_entropy=True)
+    target = action_critic(state.critic, slopes=[1.0, 2.0], offsets=[0.5, 0.0])
+    test_state = state.replace(critic_target=target, log_alpha=jnp.log(jnp.float32(0.5)))
+    first_action = np.array([[-0.5, 0.9, 0.1], [0.8, -1.0, 0.3]])  # a'_0 of each draw k, per transition
+    next_actions = np.stack([first_action, np.zeros_like(first_action)], axis=-1)
+    next_log_pis = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    samples = cql.CQLSamples(
+        next_actions=jnp.asarray(next_actions, jnp.float32),
+        next_log_pis=jnp.asarray(next_log_pis, jnp.float32),
+        random_actions=jnp.zeros((2, 3, 2)),
+        current_actions=jnp.zeros((2, 3, 2)),
+        current_log_pis=jnp.zeros((2, 3)),
+        next_state_actions=jnp.zeros((2, 3, 2)),
+        next_state_log_pis=jnp.zeros((2, 3)),
+    )
+    target_q, log_pi = jax.jit(cql.backup, static_argnums=3)(test_state, BATCH, samples, cfg)
+    values = np.minimum(1.0 * (first_action + 1) + 0.5, 2.0 * (first_action + 1))  # [B, n]
+    best = values.argmax(axis=1)
+    assert list(best) == [1, 0]
+    np.testing.assert_allclose(np.asarray(target_q), values.max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(log_pi), next_log_pis[[0, 1], best])
+    _, info = jax.jit(cql.critic_loss, static_argnums=4)(state.critic, test_state, BATCH, samples, cfg)
+    expected = values.max(axis=1) - 0.5 * next_log_pis[[0, 1], best]
+    assert float(info["target_q_mean"]) == pytest.approx(expected.mean(), rel=1e-5)
+
+
+def test_max_target_backup_draws_n_target_actions_apart_from_the_conservative_ones(state):
+    cfg = dataclasses.replace(SMALL, cql_max_target_backup=True)
+    samples = jax.jit(cql.draw_samples, static_argnums=3)(state, BATCH, jax.random.key(1), cfg)
+    assert samples.next_actions.shape == (2, 3, 2) and samples.next_log_pis.shape == (2, 3)
+    assert samples.next_state_actions.shape == (2, 3, 2)
+    pooled = np.concatenate(
+        [np.asarray(samples.next_actions), np.asarray(samples.next_state_actions)], axis=1
+    )
+    assert len(np.unique(pooled.reshape(-1, 2), axis=0)) == 12
+    new, metrics = jax.jit(cql.update, static_argnums=3)(state, BATCH, jax.random.key(2), cfg)
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
 def tanh_gaussian_log_density(actions: np.ndarray, mean: np.ndarray, log_std: np.ndarray) -> np.ndarray:
     pre_tanh = np.arctanh(actions.astype(np.float64))
     gaussian = -0.5 * ((pre_tanh - mean) / np.exp(log_std)) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
