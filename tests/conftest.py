@@ -20,6 +20,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
 
+# XLA's optimisation passes (LLVM's above all) cost more than they save on programs that run a few
+# updates of tiny networks once: without them the default test run compiles about a third faster. The
+# numbers stay within the tests' tolerances; the regression check and every benchmark run outside pytest,
+# fully optimised. Set OFFBENCH_TEST_OPTIMIZED=1 to test the optimised programs.
+if os.environ.get("OFFBENCH_TEST_OPTIMIZED") != "1":
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from rollouts import rollout_episodes  # noqa: E402

@@ -173,7 +173,6 @@ def test_terminal_and_timeout_semantics_are_the_hosted_ones(d4rl_ids):
     assert (maze.rewards[ends[complete][:-1]] == 1.0).all()
 
 
-@pytest.mark.slow  # four jobs and a report: about a minute of CPU
 def test_every_family_trains_evaluates_writes_rows_and_reports(d4rl_ids, tmp_path):
     suite = parse_suite(
         {
