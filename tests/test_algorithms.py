@@ -11,19 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toy import BATCH
 
 from offbench.algorithms import REGISTRY, bc, get_algorithm, iql, nets, td3, td3bc
 from offbench.algorithms.config import resolve_config
 from offbench.algorithms.nets import CriticEnsemble, first_critic, linear_with_transposed_kernel
-from offbench.algorithms.sampling import Batch
-
-BATCH = Batch(
-    observations=jnp.array([[0.1, -0.2, 0.3], [1.0, 0.5, -0.5]]),
-    actions=jnp.array([[0.5, -0.5], [0.0, 0.25]]),
-    rewards=jnp.array([1.0, 2.0]),
-    next_observations=jnp.array([[0.0, 0.0, 1.0], [0.2, 0.2, 0.2]]),
-    masks=jnp.array([1.0, 0.0]),  # the second transition is terminal
-)
 
 
 def constant_network(params, output_bias, output_layer: str | None = None):

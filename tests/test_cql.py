@@ -9,46 +9,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toy import BATCH, make_toy_dataset
 
 from offbench.algorithms import cql, get_algorithm, sampling
-from offbench.algorithms.sampling import Batch
 from offbench.bench.engine import init_states, make_train_chunk, seed_keys, state_axes
-from offbench.datasets.dataset import DatasetSpec, build_dataset
 
-SPEC = DatasetSpec(
-    id="toy",
-    source="test",
-    env_id=None,
-    observation_dim=3,
-    action_dim=2,
-    action_low=(-1.0, -1.0),
-    action_high=(1.0, 1.0),
-)
 SMALL = cql.Config(hidden_dims=(4,), cql_n_actions=3)
-BATCH = Batch(
-    observations=jnp.array([[0.1, -0.2, 0.3], [1.0, 0.5, -0.5]]),
-    actions=jnp.array([[0.5, -0.5], [0.0, 0.25]]),
-    rewards=jnp.array([1.0, 2.0]),
-    next_observations=jnp.array([[0.0, 0.0, 1.0], [0.2, 0.2, 0.2]]),
-    masks=jnp.array([1.0, 0.0]),  # the second transition is terminal
-)
 
 
-def episodes_dataset(n: int = 64):
-    """Random transitions in eight episodes (terminals and timeouts), enough for AW's regression."""
-    rng = np.random.default_rng(0)
-    terminals, timeouts = np.zeros(n, bool), np.zeros(n, bool)
-    terminals[[7, 20, 33]] = True
-    timeouts[[14, 27, 45, n - 1]] = True
-    return build_dataset(
-        SPEC,
-        observations=rng.normal(size=(n, 3)),
-        actions=rng.uniform(-1, 1, (n, 2)),
-        rewards=rng.normal(size=n),
-        next_observations=rng.normal(size=(n, 3)),
-        terminals=terminals,
-        timeouts=timeouts,
-    )
+def episodes_dataset():
+    """64 random transitions in eight episodes (terminals and timeouts), enough for AW's regression."""
+    return make_toy_dataset(64, terminals_at=[7, 20, 33], timeouts_at=[14, 27, 45, 63])
 
 
 @pytest.fixture(scope="module")
