@@ -49,7 +49,7 @@ def _fsync(path: Path) -> None:
 
 def write_text_atomic(path: Path, text: str, durable: bool = False) -> Path:
     with atomic_path(path, durable=durable) as temporary:
-        temporary.write_text(text)
+        temporary.write_text(text, encoding="utf-8")
     return path
 
 
