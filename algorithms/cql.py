@@ -7,12 +7,13 @@ the same (pre-update) parameters and then steps every optimiser, as JaxCQL's mul
 - policy: SAC's ``alpha * log pi(a|s) - min(Q1, Q2)(s, a)`` with a ~ pi(s) reparameterised;
 - temperature: automatic entropy tuning towards -|A|;
 - critics: TD to ``r + gamma * mask * min(Q1', Q2')(s', a')`` with a' ~ pi(s') (no entropy term in the
-  backup), plus ``cql_min_q_weight`` times the conservative term
-  ``temp * logsumexp(Q(s, a_k) / temp) - Q(s, a_data)`` over 10 uniform actions, 10 policy actions at s
-  and 10 policy actions drawn at s' (all scored at s), each minus its log-density (importance sampling);
+  backup; with the max-target backup, the largest of that value over n draws of a'), plus
+  ``cql_min_q_weight`` times the conservative term ``temp * logsumexp(Q(s, a_k) / temp) - Q(s, a_data)``
+  over 10 uniform actions, 10 policy actions at s and 10 policy actions drawn at s' (all scored at s),
+  each minus its log-density (importance sampling);
 - target critics: Polyak, tau = 0.005, every step.
-Not implemented (off in every setting the paper ran except Kitchen): the Lagrange variant, max-target
-backup, BC warm-up epochs, and clipping of the conservative difference (±inf by default).
+Not implemented (off in every setting the paper ran): the Lagrange variant, BC warm-up epochs, and
+clipping of the conservative difference (±inf by default).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Config(BaseConfig):
     cql_n_actions: int = bounded(10, ge=1)
     cql_temp: float = bounded(1.0, gt=0.0)  # divides the Q-values in the logsumexp
     cql_importance_sample: bool = True
+    # Back up the largest min(Q1', Q2')(s', a'_k) over cql_n_actions draws a'_k ~ pi(s') instead of one draw.
+    cql_max_target_backup: bool = False
     # JaxCQL default: the TD target carries no -alpha * log pi(a'|s') term.
     backup_entropy: bool = False
     # The policy's log-std is ``multiplier * raw + offset``, both trainable scalars starting here
@@ -62,10 +65,14 @@ class Config(BaseConfig):
 
 
 # The launcher's per-family settings (experiments/d4rl/run_cql.py, harness-offline-rl f88e210): Kitchen
-# runs 512-512-512 policy and Q networks without importance sampling and with the max-target backup,
-# which offbench's CQL does not implement (Kitchen runs here use the ordinary backup). AntMaze, maze2d
-# and Adroit run the plain settings above, raw rewards included.
-DATASET_OVERRIDES = (("*kitchen/*", {"hidden_dims": (512, 512, 512), "cql_importance_sample": False}),)
+# runs 512-512-512 policy and Q networks without importance sampling and with the max-target backup.
+# AntMaze, maze2d and Adroit run the plain settings above, raw rewards included.
+DATASET_OVERRIDES = (
+    (
+        "*kitchen/*",
+        {"hidden_dims": (512, 512, 512), "cql_importance_sample": False, "cql_max_target_backup": True},
+    ),
+)
 
 
 @flax.struct.dataclass
@@ -202,8 +209,8 @@ def sample_actions(
 class CQLSamples:
     """The actions the critic loss scores, drawn from the current policy without gradient."""
 
-    next_actions: jax.Array  # [B, A], a' ~ pi(s') for the TD target
-    next_log_pis: jax.Array  # [B]
+    next_actions: jax.Array  # [B, A], a' ~ pi(s') for the TD target; [B, n, A] with the max-target backup
+    next_log_pis: jax.Array  # [B]; [B, n] with the max-target backup
     random_actions: jax.Array  # [B, n, A], uniform over the action box
     current_actions: jax.Array  # [B, n, A], ~ pi(s)
     current_log_pis: jax.Array  # [B, n]
@@ -217,21 +224,33 @@ def draw_samples(state: State, batch: Batch, key: jax.Array, cfg: Config) -> CQL
     current, current_log_pis = sample_actions(
         state.policy, batch.observations, current_key, cfg, state.action_dim, state.max_action, n
     )
-    # a' for the target and the n conservative actions at s' are independent draws from pi(s'), taken
-    # from one forward pass (JaxCQL makes two passes of the same network).
+    # The target's a' (n of them for the max-target backup) and the n conservative actions at s' are
+    # independent draws from pi(s'), taken from one forward pass (JaxCQL makes two passes of the same
+    # network).
+    target_draws = n if cfg.cql_max_target_backup else 1
     after, after_log_pis = sample_actions(
-        state.policy, batch.next_observations, next_key, cfg, state.action_dim, state.max_action, n + 1
+        state.policy,
+        batch.next_observations,
+        next_key,
+        cfg,
+        state.action_dim,
+        state.max_action,
+        n + target_draws,
     )
+    if cfg.cql_max_target_backup:
+        next_actions, next_log_pis = after[:, :n], after_log_pis[:, :n]
+    else:
+        next_actions, next_log_pis = after[:, 0], after_log_pis[:, 0]
     return CQLSamples(
-        next_actions=after[:, 0],
-        next_log_pis=after_log_pis[:, 0],
+        next_actions=next_actions,
+        next_log_pis=next_log_pis,
         random_actions=jax.random.uniform(
             random_key, (batch_size, n, state.action_dim), minval=-state.max_action, maxval=state.max_action
         ),
         current_actions=current,
         current_log_pis=current_log_pis,
-        next_state_actions=after[:, 1:],
-        next_state_log_pis=after_log_pis[:, 1:],
+        next_state_actions=after[:, target_draws:],
+        next_state_log_pis=after_log_pis[:, target_draws:],
     )
 
 
@@ -263,11 +282,32 @@ def conservative_term(
     return (soft_max - q_data[..., 0]).mean(axis=-1)
 
 
+def backup(state: State, batch: Batch, samples: CQLSamples, cfg: Config) -> tuple[jax.Array, jax.Array]:
+    """``min(Q1', Q2')(s', a')`` of the target critics and ``log pi(a'|s')``, each [B].
+
+    With the max-target backup, a' is the draw whose value is largest (JaxCQL's argmax over the
+    ``cql_n_actions`` draws, the log-density taken at the same index).
+    """
+    _, critic = networks(cfg, state.action_dim)
+    if not cfg.cql_max_target_backup:
+        target_q = critic.apply(state.critic_target, batch.next_observations, samples.next_actions)
+        return target_q.min(axis=0), samples.next_log_pis
+    observations = jnp.broadcast_to(
+        batch.next_observations[:, None], samples.next_actions.shape[:2] + batch.next_observations.shape[1:]
+    )
+    target_q = critic.apply(state.critic_target, observations, samples.next_actions).min(axis=0)  # [B, n]
+    best = jnp.argmax(target_q, axis=-1)[:, None]
+    return (
+        jnp.take_along_axis(target_q, best, axis=-1)[:, 0],
+        jnp.take_along_axis(samples.next_log_pis, best, axis=-1)[:, 0],
+    )
+
+
 def critic_loss(critic_params: dict, state: State, batch: Batch, samples: CQLSamples, cfg: Config):
     _, critic = networks(cfg, state.action_dim)
-    target_q = critic.apply(state.critic_target, batch.next_observations, samples.next_actions).min(axis=0)
+    target_q, next_log_pis = backup(state, batch, samples, cfg)
     if cfg.backup_entropy:
-        target_q = target_q - jnp.exp(state.log_alpha) * samples.next_log_pis
+        target_q = target_q - jnp.exp(state.log_alpha) * next_log_pis
     target = jax.lax.stop_gradient(batch.rewards + cfg.discount * batch.masks * target_q)
 
     actions = jnp.concatenate(

@@ -102,9 +102,11 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 class MLP(nn.Module):
-    """Hidden layers Dense -> activation (-> LayerNorm), then a linear output layer.
+    """Hidden layers Dense -> activation (-> LayerNorm) (-> dropout), then a linear output layer.
 
-    LayerNorm, when on, follows the activation: the order of OGBench's and DQC's official MLP.
+    LayerNorm, when on, follows the activation: the order of OGBench's and DQC's official MLP. Dropout
+    follows the activation as in jaxrl's MLP (official IQL); it acts only with ``training=True``, which
+    needs a ``"dropout"`` rng in ``apply``.
     """
 
     hidden_dims: Sequence[int]
@@ -113,14 +115,17 @@ class MLP(nn.Module):
     layer_norm: bool = False
     initialization: Initialisation = "torch"
     output_scale: float = math.sqrt(2.0)
+    dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, training: bool = False) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         for width in self.hidden_dims:
             x = act(Dense(width, initialization=self.initialization)(x))
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
+            if self.dropout_rate > 0:
+                x = nn.Dropout(self.dropout_rate)(x, deterministic=not training)
         return Dense(self.output_dim, initialization=self.initialization, scale=self.output_scale)(x)
 
 
@@ -208,11 +213,19 @@ class GaussianPolicy(nn.Module):
     log_std_min: float = -5.0
     log_std_max: float = 2.0
     initialization: Initialisation = "orthogonal"
+    dropout_rate: float = 0.0  # after every hidden activation, with ``training=True`` only
 
     @nn.compact
-    def __call__(self, observations: jax.Array) -> tuple[jax.Array, jax.Array]:
-        trunk = MLP(self.hidden_dims[:-1], self.hidden_dims[-1], initialization=self.initialization)
-        features = nn.relu(trunk(observations))
+    def __call__(self, observations: jax.Array, training: bool = False) -> tuple[jax.Array, jax.Array]:
+        trunk = MLP(
+            self.hidden_dims[:-1],
+            self.hidden_dims[-1],
+            initialization=self.initialization,
+            dropout_rate=self.dropout_rate,
+        )
+        features = nn.relu(trunk(observations, training))
+        if self.dropout_rate > 0:
+            features = nn.Dropout(self.dropout_rate)(features, deterministic=not training)
         mean = jnp.tanh(Dense(self.action_dim, initialization=self.initialization)(features))
         log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
         log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)

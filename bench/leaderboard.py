@@ -3,7 +3,7 @@
 Into ``DIR`` or ``--out``: ``LEADERBOARD.md`` (:mod:`offbench.bench.render`), ``leaderboard.html``
 (:mod:`offbench.bench.render_html`) and the PNG plots (:mod:`offbench.bench.plots`), all from the tables
 :func:`offbench.bench.report.compute_tables` computes. The same results, ``reps`` and ``seed`` give
-byte-identical files.
+byte-identical files; each is written atomically, so a reader never sees half a leaderboard.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from offbench.bench import plots, render, render_html, report
 from offbench.bench.report import ReportError
+from offbench.files import write_text_atomic
 
 
 def write_report(
@@ -48,7 +49,7 @@ def write_report(
     }
     text = render.explanations(tables, reps, profile_reps, seed)
     markdown_path, html_path = out_dir / "LEADERBOARD.md", out_dir / "leaderboard.html"
-    markdown_path.write_text(render.render_markdown(tables, text, list(images)), encoding="utf-8")
+    write_text_atomic(markdown_path, render.render_markdown(tables, text, list(images)))
     links = render_html.links(results_dir, out_dir, tables.header)
-    html_path.write_text(render_html.render_html(tables, text, images, links), encoding="utf-8")
+    write_text_atomic(html_path, render_html.render_html(tables, text, images, links))
     return [markdown_path, html_path, *(out_dir / name for name in images)]

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from offbench.bench import stats
 from offbench.bench.report import CONFIDENCE, METRIC_TITLES
+from offbench.files import write_bytes_atomic
 
 RAW_MARK = " †"
 NO_AGGREGATE = "no method ran on every dataset with reference scores"
@@ -24,7 +25,7 @@ def _save(figure: Figure, path: Path) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     data = buffer.getvalue()
-    path.write_bytes(data)
+    write_bytes_atomic(path, data)
     return data
 
 

@@ -31,10 +31,7 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from offbench import files
 from offbench.datasets.dataset import DATASET_FILE_SUFFIXES, DatasetSpec
 from offbench.files import atomic_path
 
@@ -339,61 +337,6 @@ def write_atomic(table: pa.Table, path: Path) -> Path:
     return path
 
 
-def nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_writable(out_dir: Path) -> None:
-    """Refuse an output directory that cannot be written (read-only file system, no permission), before
-    any training: a file is created and removed in it, or in its nearest existing parent."""
-    folder = nearest_existing(out_dir.absolute())
-    try:
-        handle, name = tempfile.mkstemp(dir=folder, prefix=".offbench-write-test-")
-        os.close(handle)
-        os.unlink(name)
-    except OSError as error:
-        raise ValueError(
-            f"cannot write to {folder} ({error.strerror or error}): the results of {out_dir} could not be "
-            "saved. Choose a writable --out."
-        ) from error
-
-
-def check_free_space(out_dir: Path, needed_bytes: int) -> None:
-    """Refuse to start when the output's file system has less free space than ``needed_bytes``."""
-    folder = nearest_existing(out_dir.absolute())
-    free = shutil.disk_usage(folder).free
-    if free < needed_bytes:
-        raise ValueError(
-            f"not enough free space for {out_dir}: its jobs need about {needed_bytes / 1e6:,.0f} MB "
-            f"(checkpoints, policies, rows) and {folder} has {free / 1e6:,.0f} MB free. Free some space "
-            "or choose another --out."
-        )
-
-
-TEMPORARY = re.compile(r"\.tmp-(\d+)")
-
-
-def remove_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Delete what killed writers left in ``out_dir``: ``*.tmp-<pid>`` files and folders whose process no
-    longer runs, and orbax's unfinished checkpoint folders. Returns what was removed."""
-    from offbench.datasets.generate.storage import pid_alive
-
-    removed = []
-    for path in sorted(out_dir.rglob("*")) if out_dir.is_dir() else []:
-        if not path.exists():
-            continue  # inside a folder removed above
-        match = TEMPORARY.search(path.name)
-        stale = (match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1)))) or (
-            "orbax-checkpoint-tmp" in path.name
-        )
-        if stale:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
 def failure_keys(job: dict[str, Any]) -> dict[str, Any]:
     """The keys of the job a ``failures/<job>.json`` record holds (``dataclasses.asdict`` of a Job): its
     suite, algorithm, label (the algorithm's in records written before labels) and sampler."""
@@ -433,7 +376,7 @@ def check_output_dir(out_dir: Path) -> None:
     schema version."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output path {out_dir} is a file, not a directory. Choose another --out.")
-    check_writable(out_dir)
+    files.check_writable(out_dir)
     for table in TABLES:
         for path in sorted((out_dir / table).glob("*.parquet"))[:1]:
             found = file_schema_version(path)

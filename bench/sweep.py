@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from offbench import files
 from offbench.bench import provenance, results
 from offbench.bench.suite import Suite, SuiteError, expand_datasets
 from offbench.bench.train import ChunkReport, Job, JobIdentity, identify, resolve, run_job, state_bytes
@@ -196,7 +197,7 @@ def plan_jobs(
     rerun = other_code if on_code_change == "rerun" else set()
     done = [p for p in planned if p.identity.name in existing and p.identity.name not in rerun]
     todo = [p for p in planned if p not in done]
-    results.check_free_space(
+    files.check_free_space(
         out,
         sum(2 * state_bytes(p.job, described[p.job.dataset, p.job.env_id][1]) + ROW_BYTES for p in todo),
     )
@@ -209,7 +210,7 @@ def plan_jobs(
             "--on-code-change keep to keep them beside the new rows."
         )
     messages = []
-    removed = results.remove_stale_temporaries(out)
+    removed = files.remove_stale_temporaries(out)
     if removed:
         messages.append(f"removed {len(removed)} temporary file(s) left by an interrupted run in {out}")
     if other_code and on_code_change == "keep":

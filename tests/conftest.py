@@ -20,9 +20,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
 
+# XLA's optimisation passes (LLVM's above all) cost more than they save on programs that run a few
+# updates of tiny networks once: without them the default test run compiles about a third faster. The
+# numbers stay within the tests' tolerances; the regression check and every benchmark run outside pytest,
+# fully optimised. Set OFFBENCH_TEST_OPTIMIZED=1 to test the optimised programs.
+if os.environ.get("OFFBENCH_TEST_OPTIMIZED") != "1":
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from rollouts import rollout_episodes  # noqa: E402
+from toy import make_toy_dataset  # noqa: E402
 
 from offbench.datasets.generate.rollout import write_minari  # noqa: E402
 
@@ -31,37 +39,6 @@ def noisy_hopper_policy(observation: np.ndarray, rng: np.random.Generator) -> np
     """A fixed linear policy plus noise: falls at varied times, so episodes end by termination."""
     weights = np.linspace(-0.5, 0.5, 33).reshape(3, 11)
     return np.tanh(weights @ observation) + 0.3 * rng.standard_normal(3)
-
-
-TOY_SPEC_KWARGS = {
-    "id": "toy",
-    "source": "test",
-    "env_id": None,
-    "observation_dim": 3,
-    "action_dim": 2,
-    "action_low": (-1.0, -1.0),
-    "action_high": (1.0, 1.0),
-}
-
-
-def make_toy_dataset(n: int = 20):
-    """Random transitions with one terminal in the middle and a timeout at the end."""
-    from offbench.datasets.dataset import DatasetSpec, build_dataset
-
-    rng = np.random.default_rng(0)
-    terminals = np.zeros(n, bool)
-    terminals[n // 2] = True
-    timeouts = np.zeros(n, bool)
-    timeouts[-1] = True
-    return build_dataset(
-        DatasetSpec(**TOY_SPEC_KWARGS),
-        observations=rng.normal(size=(n, 3)),
-        actions=rng.uniform(-1, 1, (n, 2)),
-        rewards=rng.normal(size=n),
-        next_observations=rng.normal(size=(n, 3)),
-        terminals=terminals,
-        timeouts=timeouts,
-    )
 
 
 @pytest.fixture

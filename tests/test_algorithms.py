@@ -11,19 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toy import BATCH
 
 from offbench.algorithms import REGISTRY, bc, get_algorithm, iql, nets, td3, td3bc
 from offbench.algorithms.config import resolve_config
 from offbench.algorithms.nets import CriticEnsemble, first_critic, linear_with_transposed_kernel
-from offbench.algorithms.sampling import Batch
-
-BATCH = Batch(
-    observations=jnp.array([[0.1, -0.2, 0.3], [1.0, 0.5, -0.5]]),
-    actions=jnp.array([[0.5, -0.5], [0.0, 0.25]]),
-    rewards=jnp.array([1.0, 2.0]),
-    next_observations=jnp.array([[0.0, 0.0, 1.0], [0.2, 0.2, 0.2]]),
-    masks=jnp.array([1.0, 0.0]),  # the second transition is terminal
-)
 
 
 def constant_network(params, output_bias, output_layer: str | None = None):
@@ -146,7 +138,7 @@ def test_iql_losses_by_hand(toy_dataset):
     value_loss, _ = iql.value_loss(state.value, state, BATCH, cfg)
     assert float(value_loss) == pytest.approx(0.7 * (1.0 - 0.6) ** 2, rel=1e-6)  # q - v > 0: weight 0.7
 
-    actor_loss, info = iql.actor_loss(state.actor, state, BATCH, cfg)
+    actor_loss, info = iql.actor_loss(state.actor, state, BATCH, jax.random.key(0), cfg)
     weight = math.exp((1.0 - 0.6) * 3.0)
     mean = np.tanh([0.2, -0.1])
     actions = np.asarray(BATCH.actions)
@@ -165,8 +157,52 @@ def test_iql_advantage_weight_is_clipped(toy_dataset):
     state = iql.init(jax.random.key(0), toy_dataset(), cfg)
     critic = constant_network(state.critic, [[100.0], [100.0]])
     state = state.replace(critic_target=critic, value=constant_network(state.value, [0.0]))
-    _, info = iql.actor_loss(state.actor, state, BATCH, cfg)
+    _, info = iql.actor_loss(state.actor, state, BATCH, jax.random.key(0), cfg)
     assert float(info["advantage_weight"]) == pytest.approx(100.0)
+
+
+def test_dropout_drops_hidden_units_and_rescales_the_kept_ones():
+    """Inverted dropout after the hidden activation (jaxrl's MLP): each unit kept with probability
+    1 - rate and scaled by 1 / (1 - rate); without ``training`` the network is the plain one."""
+    width, rate = 64, 0.25
+    mlp = nets.MLP((width,), 1, dropout_rate=rate)
+    params = mlp.init(jax.random.key(0), jnp.zeros((1, 1)))
+    params = jax.tree.map(jnp.zeros_like, params)
+    # Every hidden unit outputs relu(0 * x + 1) = 1; the output sums them.
+    params["params"]["Dense_0"]["bias"] = jnp.ones(width)
+    params["params"]["Dense_1"]["kernel"] = jnp.ones((width, 1))
+    x = jnp.zeros((1, 1))
+    assert float(mlp.apply(params, x)[0, 0]) == pytest.approx(width)
+    outputs = np.array(
+        [
+            float(mlp.apply(params, x, training=True, rngs={"dropout": jax.random.key(k)})[0, 0])
+            for k in range(200)
+        ]
+    )
+    kept = outputs * (1.0 - rate)
+    np.testing.assert_allclose(kept, np.round(kept), atol=1e-4)  # a whole number of units survives
+    assert len(np.unique(outputs)) > 1
+    assert kept.mean() == pytest.approx(width * (1.0 - rate), rel=0.05)
+
+
+def test_iql_actor_dropout_acts_in_training_only(toy_dataset):
+    plain = iql.Config(hidden_dims=(8, 8))
+    dropout = dataclasses.replace(plain, actor_dropout=0.5)
+    dataset = toy_dataset()
+    state = iql.init(jax.random.key(0), dataset, plain)
+    # Dropout adds no parameters: the same state serves both configs.
+    assert jax.tree.structure(iql.init(jax.random.key(0), dataset, dropout)) == jax.tree.structure(state)
+    np.testing.assert_array_equal(
+        iql.act(state, BATCH.observations, plain), iql.act(state, BATCH.observations, dropout)
+    )
+    plain_losses = {
+        float(iql.actor_loss(state.actor, state, BATCH, jax.random.key(k), plain)[0]) for k in range(3)
+    }
+    dropout_losses = {
+        float(iql.actor_loss(state.actor, state, BATCH, jax.random.key(k), dropout)[0]) for k in range(3)
+    }
+    assert len(plain_losses) == 1  # without dropout the update does not read its key
+    assert len(dropout_losses) == 3
 
 
 def test_iql_expectile_loss_by_hand():

@@ -9,46 +9,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toy import BATCH, make_toy_dataset
 
 from offbench.algorithms import cql, get_algorithm, sampling
-from offbench.algorithms.sampling import Batch
 from offbench.bench.engine import init_states, make_train_chunk, seed_keys, state_axes
-from offbench.datasets.dataset import DatasetSpec, build_dataset
 
-SPEC = DatasetSpec(
-    id="toy",
-    source="test",
-    env_id=None,
-    observation_dim=3,
-    action_dim=2,
-    action_low=(-1.0, -1.0),
-    action_high=(1.0, 1.0),
-)
 SMALL = cql.Config(hidden_dims=(4,), cql_n_actions=3)
-BATCH = Batch(
-    observations=jnp.array([[0.1, -0.2, 0.3], [1.0, 0.5, -0.5]]),
-    actions=jnp.array([[0.5, -0.5], [0.0, 0.25]]),
-    rewards=jnp.array([1.0, 2.0]),
-    next_observations=jnp.array([[0.0, 0.0, 1.0], [0.2, 0.2, 0.2]]),
-    masks=jnp.array([1.0, 0.0]),  # the second transition is terminal
-)
 
 
-def episodes_dataset(n: int = 64):
-    """Random transitions in eight episodes (terminals and timeouts), enough for AW's regression."""
-    rng = np.random.default_rng(0)
-    terminals, timeouts = np.zeros(n, bool), np.zeros(n, bool)
-    terminals[[7, 20, 33]] = True
-    timeouts[[14, 27, 45, n - 1]] = True
-    return build_dataset(
-        SPEC,
-        observations=rng.normal(size=(n, 3)),
-        actions=rng.uniform(-1, 1, (n, 2)),
-        rewards=rng.normal(size=n),
-        next_observations=rng.normal(size=(n, 3)),
-        terminals=terminals,
-        timeouts=timeouts,
-    )
+def episodes_dataset():
+    """64 random transitions in eight episodes (terminals and timeouts), enough for AW's regression."""
+    return make_toy_dataset(64, terminals_at=[7, 20, 33], timeouts_at=[14, 27, 45, 63])
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +101,64 @@ def test_critic_loss_with_constant_critics_by_hand(state, settings):
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     if not cfg.cql_importance_sample:  # 3n + 1 equal values: the term is temp * log(3n + 1)
         assert float(info["cql_term"]) == pytest.approx(math.log(10), rel=1e-5)
+
+
+def action_critic(params: dict, slopes, offsets) -> dict:
+    """Critic member m outputs ``slopes[m] * (a_0 + 1) + offsets[m]``: a value that ranks actions.
+
+    Hidden unit 0 computes relu(a_0 + 1) = a_0 + 1 on [-1, 1] (observation 3 inputs, then 2 actions);
+    every other weight is zero.
+    """
+    network = jax.tree.map(jnp.zeros_like, params)["params"]["VmapFullyConnected_0"]
+    network["Dense_0"]["kernel"] = network["Dense_0"]["kernel"].at[:, 3, 0].set(1.0)
+    network["Dense_0"]["bias"] = network["Dense_0"]["bias"].at[:, 0].set(1.0)
+    network["Dense_1"]["kernel"] = (
+        network["Dense_1"]["kernel"].at[:, 0, 0].set(jnp.array(slopes, jnp.float32))
+    )
+    network["Dense_1"]["bias"] = jnp.array(offsets, jnp.float32)[:, None]
+    return {"params": {"VmapFullyConnected_0": network}}
+
+
+def test_max_target_backup_takes_the_best_of_n_draws(state):
+    """JaxCQL's cql_max_target_backup: min over the critics per draw a'_k, then the largest over k,
+    with log pi(a'|s') read at that k (it enters only with backup_entropy)."""
+    cfg = dataclasses.replace(SMALL, cql_max_target_backup=True, backup_entropy=True)
+    target = action_critic(state.critic, slopes=[1.0, 2.0], offsets=[0.5, 0.0])
+    test_state = state.replace(critic_target=target, log_alpha=jnp.log(jnp.float32(0.5)))
+    first_action = np.array([[-0.5, 0.9, 0.1], [0.8, -1.0, 0.3]])  # a'_0 of each draw k, per transition
+    next_actions = np.stack([first_action, np.zeros_like(first_action)], axis=-1)
+    next_log_pis = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    samples = cql.CQLSamples(
+        next_actions=jnp.asarray(next_actions, jnp.float32),
+        next_log_pis=jnp.asarray(next_log_pis, jnp.float32),
+        random_actions=jnp.zeros((2, 3, 2)),
+        current_actions=jnp.zeros((2, 3, 2)),
+        current_log_pis=jnp.zeros((2, 3)),
+        next_state_actions=jnp.zeros((2, 3, 2)),
+        next_state_log_pis=jnp.zeros((2, 3)),
+    )
+    target_q, log_pi = jax.jit(cql.backup, static_argnums=3)(test_state, BATCH, samples, cfg)
+    values = np.minimum(1.0 * (first_action + 1) + 0.5, 2.0 * (first_action + 1))  # [B, n]
+    best = values.argmax(axis=1)
+    assert list(best) == [1, 0]
+    np.testing.assert_allclose(np.asarray(target_q), values.max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(log_pi), next_log_pis[[0, 1], best])
+    _, info = jax.jit(cql.critic_loss, static_argnums=4)(state.critic, test_state, BATCH, samples, cfg)
+    expected = values.max(axis=1) - 0.5 * next_log_pis[[0, 1], best]
+    assert float(info["target_q_mean"]) == pytest.approx(expected.mean(), rel=1e-5)
+
+
+def test_max_target_backup_draws_n_target_actions_apart_from_the_conservative_ones(state):
+    cfg = dataclasses.replace(SMALL, cql_max_target_backup=True)
+    samples = jax.jit(cql.draw_samples, static_argnums=3)(state, BATCH, jax.random.key(1), cfg)
+    assert samples.next_actions.shape == (2, 3, 2) and samples.next_log_pis.shape == (2, 3)
+    assert samples.next_state_actions.shape == (2, 3, 2)
+    pooled = np.concatenate(
+        [np.asarray(samples.next_actions), np.asarray(samples.next_state_actions)], axis=1
+    )
+    assert len(np.unique(pooled.reshape(-1, 2), axis=0)) == 12
+    new, metrics = jax.jit(cql.update, static_argnums=3)(state, BATCH, jax.random.key(2), cfg)
+    assert all(np.isfinite(float(v)) for v in metrics.values())
 
 
 def tanh_gaussian_log_density(actions: np.ndarray, mean: np.ndarray, log_std: np.ndarray) -> np.ndarray:

@@ -173,7 +173,6 @@ def test_terminal_and_timeout_semantics_are_the_hosted_ones(d4rl_ids):
     assert (maze.rewards[ends[complete][:-1]] == 1.0).all()
 
 
-@pytest.mark.slow  # four jobs and a report: about a minute of CPU
 def test_every_family_trains_evaluates_writes_rows_and_reports(d4rl_ids, tmp_path):
     suite = parse_suite(
         {
@@ -241,10 +240,16 @@ def test_published_settings_per_family():
     for dataset_id in ("D4RL/pen/human-v2", "D4RL/kitchen/mixed-v2", "D4RL/door/cloned-v2"):
         cfg = config(iql, dataset_id)
         assert (cfg.expectile, cfg.temperature, cfg.reward_normalization) == (0.7, 0.5, "none")
+        assert cfg.actor_dropout == 0.1
+    assert config(iql, "D4RL/antmaze/umaze-v1").actor_dropout == 0.0
+    assert config(iql, "offbench/hopper/medium-v0").actor_dropout == 0.0
     assert config(iql, "offbench/pointmaze/open-v0").reward_normalization == "none"
     assert config(iql, "offbench/pointmaze/open-v0").temperature == 3.0  # not open/ -> not Kitchen's
     assert config(iql, "offbench/hopper/medium-v0").reward_normalization == "return_range"
-    assert config(cql, "D4RL/kitchen/partial-v2").hidden_dims == (512, 512, 512)
+    kitchen = config(cql, "D4RL/kitchen/partial-v2")
+    assert kitchen.hidden_dims == (512, 512, 512)
+    assert (kitchen.cql_importance_sample, kitchen.cql_max_target_backup) == (False, True)
+    assert not config(cql, "D4RL/door/human-v2").cql_max_target_backup
     assert config(cql, "D4RL/antmaze/umaze-v1").hidden_dims == (256, 256)
     assert config(prdc, "D4RL/antmaze/large-play-v1").reward_scale == 10000.0
 

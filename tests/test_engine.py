@@ -74,18 +74,7 @@ def seed_slice(states, index: int):
     )
 
 
-# The default run keeps BC and TD3+BC (the delayed actor branch on the shared step), and test_cql.py
-# keeps CQL with the AW sampler; the others (about two minutes on 2 cores) run under -m slow.
-FAST_VMAP_CHECKS = ("bc", "td3bc")
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        name if name in FAST_VMAP_CHECKS else pytest.param(name, marks=pytest.mark.slow)
-        for name in available_algorithms()
-    ],
-)
+@pytest.mark.parametrize("name", available_algorithms())
 def test_vmapped_seed_equals_single_run(toy_dataset, name):
     together, _, finite = train(toy_dataset, name, (0, 7, 3))
     alone, _, _ = train(toy_dataset, name, (7,))

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from offbench import files
 from offbench.bench import results
 from offbench.bench import sweep as sweep_module
 from offbench.bench.cli import app
@@ -252,7 +253,7 @@ def test_a_read_only_output_is_refused_before_training(hopper_minari, tmp_path, 
     suite_file = tmp_path / "faults.toml"
     suite_file.write_text(suite_text(hopper_minari))
     out = tmp_path / "out"
-    monkeypatch.setattr(results.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
     trained = []
     monkeypatch.setattr(sweep_module, "run_job", lambda *a, **k: trained.append(a))
     args = (
@@ -290,7 +291,7 @@ def test_a_folder_without_write_permission_is_refused(hopper_minari, tmp_path):
 
 
 def test_too_little_free_space_is_refused_before_training(hopper_minari, tmp_path, monkeypatch):
-    monkeypatch.setattr(results.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1_000_000})())
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1_000_000})())
     result = runner.invoke(
         app, ["sweep", str(write_suite(tmp_path, hopper_minari)), "--out", str(tmp_path / "out")]
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from offbench import files
 from offbench.datasets.dataset import DatasetError
 from offbench.datasets.generate.rollout import Episode, write_minari
 from offbench.datasets.sources import minari_datasets_path
@@ -33,17 +34,6 @@ def kind_seed(seed: int, *parts: str | int) -> int:
     return int(np.random.SeedSequence([int(seed), *words]).generate_state(1)[0])
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (a stale staging folder's owner does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_staging(root: Path | None = None) -> None:
     """Delete staging folders left by generations that were killed (their process no longer runs)."""
     root = root or minari_datasets_path()
@@ -51,7 +41,7 @@ def remove_stale_staging(root: Path | None = None) -> None:
         return
     for folder in root.glob(f"{STAGING_PREFIX}*"):
         suffix = folder.name[len(STAGING_PREFIX) :]
-        if suffix.isdigit() and int(suffix) != os.getpid() and not pid_alive(int(suffix)):
+        if suffix.isdigit() and int(suffix) != os.getpid() and not files.pid_alive(int(suffix)):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -1,0 +1,48 @@
+"""The toy data the algorithm tests compute by hand: a fixed two-transition batch, small random datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from offbench.algorithms.sampling import Batch
+from offbench.datasets.dataset import Dataset, DatasetSpec, build_dataset
+
+TOY_SPEC = DatasetSpec(
+    id="toy",
+    source="test",
+    env_id=None,
+    observation_dim=3,
+    action_dim=2,
+    action_low=(-1.0, -1.0),
+    action_high=(1.0, 1.0),
+)
+
+BATCH = Batch(
+    observations=jnp.array([[0.1, -0.2, 0.3], [1.0, 0.5, -0.5]]),
+    actions=jnp.array([[0.5, -0.5], [0.0, 0.25]]),
+    rewards=jnp.array([1.0, 2.0]),
+    next_observations=jnp.array([[0.0, 0.0, 1.0], [0.2, 0.2, 0.2]]),
+    masks=jnp.array([1.0, 0.0]),  # the second transition is terminal
+)
+
+
+def make_toy_dataset(
+    n: int = 20, terminals_at: Sequence[int] | None = None, timeouts_at: Sequence[int] | None = None
+) -> Dataset:
+    """Random transitions of ``TOY_SPEC``; by default one terminal in the middle and a timeout at the end."""
+    rng = np.random.default_rng(0)
+    terminals, timeouts = np.zeros(n, bool), np.zeros(n, bool)
+    terminals[[n // 2] if terminals_at is None else list(terminals_at)] = True
+    timeouts[[n - 1] if timeouts_at is None else list(timeouts_at)] = True
+    return build_dataset(
+        TOY_SPEC,
+        observations=rng.normal(size=(n, 3)),
+        actions=rng.uniform(-1, 1, (n, 2)),
+        rewards=rng.normal(size=n),
+        next_observations=rng.normal(size=(n, 3)),
+        terminals=terminals,
+        timeouts=timeouts,
+    )
