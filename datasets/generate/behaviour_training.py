@@ -225,11 +225,11 @@ def train(
         console.log(f"resuming {env} seed {seed} from step {step:,} ({work_dir})")
     obs = envs.reset(_reset_seeds(seed, step, num_envs))
 
-    evaluator = policies.Evaluator(env, eval_episodes) if snapshot_every else None
+    evaluator = policies.snapshot_evaluator(env, eval_episodes) if snapshot_every else None
     last_eval = "-"
 
     def snapshot(step: int, actor_params: sac.Params) -> str:
-        evaluation = evaluator.evaluate(actor_params)
+        evaluation = policies.evaluate_snapshot(evaluator, actor_params)
         manifest = policies.save_snapshot(out_dir, env, step, seed, actor_params, evaluation)
         returns, sampled = evaluation.returns, evaluation.sampled_returns
         console.log(

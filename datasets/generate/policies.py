@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 
+from offbench.datasets.dataset import DatasetSpec
+from offbench.datasets.evaluate import Evaluator
 from offbench.datasets.generate import LOCOMOTION_ENVS, sac
 from offbench.files import write_bytes_atomic, write_text_atomic
 
@@ -61,53 +63,58 @@ def locomotion_env(env: str) -> gym.Env:
 _policy_actions = jax.jit(sac.act, static_argnames="deterministic")
 
 
-class Evaluator:
-    """``episodes`` environments run side by side, one batched policy call per step."""
-
-    def __init__(self, env: str, episodes: int = 100) -> None:
-        self.envs = [locomotion_env(env) for _ in range(episodes)]
-
-    def __call__(
-        self, actor_params: sac.Params, key: jax.Array | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Returns and lengths of one episode per environment, started from seeds EVAL_SEED + i.
-
-        Without ``key`` the policy acts deterministically (tanh of the mean); with it, actions are sampled
-        from the tanh-Gaussian as the dataset generator does, step t using ``fold_in(key, t)``.
-        """
-        n = len(self.envs)
-        obs = np.stack([env.reset(seed=EVAL_SEED + i)[0] for i, env in enumerate(self.envs)]).astype(
-            np.float32
-        )
-        returns, lengths, active = np.zeros(n), np.zeros(n, np.int64), np.ones(n, bool)
-        t = 0
-        while active.any():
-            # Finished environments keep their last observation so the batch shape (and compile) stays fixed.
-            if key is None:
-                actions = np.asarray(_policy_actions(actor_params, obs, None, deterministic=True))
-            else:
-                step_key = jax.random.fold_in(key, t)
-                actions = np.asarray(_policy_actions(actor_params, obs, step_key, deterministic=False))
-            for i in np.flatnonzero(active):
-                obs[i], reward, terminated, truncated, _ = self.envs[i].step(actions[i])
-                returns[i] += reward
-                lengths[i] += 1
-                active[i] = not (terminated or truncated)
-            t += 1
-        return returns, lengths
-
-    def evaluate(self, actor_params: sac.Params) -> Evaluation:
-        """Both modes: deterministic (the policy's own quality) and sampled (what its dataset will hold)."""
-        returns, lengths = self(actor_params)
-        sampled_returns, sampled_lengths = self(actor_params, jax.random.PRNGKey(EVAL_SEED))
-        return Evaluation(returns, lengths, sampled_returns, sampled_lengths)
-
-
 class Evaluation(NamedTuple):
     returns: np.ndarray
     lengths: np.ndarray
     sampled_returns: np.ndarray
     sampled_lengths: np.ndarray
+
+
+def _consecutive_seeds(first: int, episodes: int) -> list[int]:
+    return [first + i for i in range(episodes)]
+
+
+def snapshot_evaluator(env: str, episodes: int = 100) -> Evaluator:
+    """``episodes`` environments of ``env`` for scoring snapshots, episode i reset with EVAL_SEED + i."""
+    probe = locomotion_env(env)
+    observation_space, action_space = probe.observation_space, probe.action_space
+    probe.close()
+    spec = DatasetSpec(
+        id=env_id(env),
+        source="gymnasium",
+        env_id=env_id(env),
+        observation_dim=int(observation_space.shape[0]),
+        action_dim=int(action_space.shape[0]),
+        action_low=tuple(float(x) for x in action_space.low),
+        action_high=tuple(float(x) for x in action_space.high),
+    )
+    return Evaluator(
+        spec,
+        seeds=[EVAL_SEED],
+        episodes=episodes,
+        env_factory=lambda: locomotion_env(env),
+        episode_seeds=_consecutive_seeds,
+    )
+
+
+def evaluate_snapshot(evaluator: Evaluator, actor_params: sac.Params) -> Evaluation:
+    """Both modes: deterministic (the policy's own quality) and sampled (what its dataset will hold).
+
+    Deterministic acts with tanh of the mean; sampled draws from the tanh-Gaussian as the dataset
+    generator does, policy call t using ``fold_in(PRNGKey(EVAL_SEED), t)``.
+    """
+    key = jax.random.PRNGKey(EVAL_SEED)
+
+    def deterministic(observations: np.ndarray, t: int) -> jax.Array:
+        return _policy_actions(actor_params, observations[0], None, deterministic=True)[None]
+
+    def sampled(observations: np.ndarray, t: int) -> jax.Array:
+        step_key = jax.random.fold_in(key, t)
+        return _policy_actions(actor_params, observations[0], step_key, deterministic=False)[None]
+
+    plain, noisy = evaluator.run(deterministic), evaluator.run(sampled)
+    # EVAL_SEED is the evaluator's only seed: row 0 holds every episode.
+    return Evaluation(plain.returns[0], plain.lengths[0], noisy.returns[0], noisy.lengths[0])
 
 
 def designate(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -221,16 +228,17 @@ def reevaluate(env: str, policies_dir: Path | None = None, episodes: int = 100, 
     """
     env_dir = Path(policies_dir or POLICIES_DIR) / env
     manifest = read_manifest(env_dir / MANIFEST)
-    evaluator = Evaluator(env, episodes)
+    evaluator = snapshot_evaluator(env, episodes)
     console = Console(quiet=quiet)
     snapshots = []
     for entry in manifest.get("snapshots", []):
-        evaluation = evaluator.evaluate(_read_actor_params(env_dir, entry, env))
+        evaluation = evaluate_snapshot(evaluator, _read_actor_params(env_dir, entry, env))
         snapshots.append({**entry, **evaluation_fields(evaluation)})
         console.log(
             f"{env} {entry['name']}: {np.mean(evaluation.returns):.1f} deterministic, "
             f"{np.mean(evaluation.sampled_returns):.1f} sampled"
         )
+    evaluator.close()
     manifest = designate({**manifest, "snapshots": snapshots})
     write_text_atomic(env_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n", durable=True)
     console.log(f"{env}: expert={manifest['expert']} medium={manifest['medium']}")
