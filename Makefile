@@ -59,7 +59,7 @@ chromium:
 
 policies: $(STAMP)
 	for env in hopper halfcheetah walker2d; do \
-		$(BIN)/python -m offbench.datasets.generate.policies train --env $$env --steps 1000000 --seed 0 || exit 1; \
+		$(BIN)/python -m offbench.datasets.generate.policies_cli train --env $$env --steps 1000000 --seed 0 || exit 1; \
 	done
 
 clean:

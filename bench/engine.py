@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from offbench.algorithms import Algorithm, sampling
-from offbench.bench.evaluate import Episodes, Evaluator
 from offbench.datasets.dataset import Dataset, DatasetSpec
+from offbench.datasets.evaluate import Episodes, Evaluator
 
 
 def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:

@@ -574,7 +574,7 @@ def evaluation_throughput(seeds: int = 5, episodes: int = 10, threads: int | Non
     spent outside environment stepping (the policy call, Python, copies). envpool runs ``threads`` worker
     threads (default: the usable cores); its row says why when it is not installed.
     """
-    from offbench.bench.evaluate import Evaluator
+    from offbench.datasets.evaluate import Evaluator
     from offbench.datasets.generate.catalog import ACTION_DIMS, ENVS
     from offbench.datasets.sources import make_env
 

@@ -146,7 +146,7 @@ def evaluate_saved(
     """Episode returns per seed of the saved policy, evaluated as the job's last evaluation was (same
     reset seeds, same policy keys), so the job's seeds and episodes give the job's last returns."""
     from offbench.bench.engine import evaluate_states
-    from offbench.bench.evaluate import Evaluator
+    from offbench.datasets.evaluate import Evaluator
 
     seeds = saved.seeds if seeds is None else seeds
     unknown = sorted(set(seeds) - set(saved.seeds))

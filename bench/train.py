@@ -34,8 +34,8 @@ from offbench.bench.engine import (
     shared_arrays,
     training_data,
 )
-from offbench.bench.evaluate import Episodes, Evaluator
 from offbench.datasets.dataset import Dataset, DatasetSpec
+from offbench.datasets.evaluate import Episodes, Evaluator
 from offbench.datasets.fingerprint import fingerprint
 from offbench.datasets.sources import load_dataset
 

@@ -17,11 +17,11 @@ from minari import DataCollector, StepDataCallback
 
 from offbench.algorithms import cql, iql, prdc
 from offbench.algorithms.config import resolve_config
-from offbench.bench.evaluate import Evaluator
 from offbench.bench.leaderboard import write_report
 from offbench.bench.suite import parse_suite
 from offbench.bench.sweep import sweep
 from offbench.datasets import quality, robotics
+from offbench.datasets.evaluate import Evaluator
 from offbench.datasets.generate import pointmaze
 from offbench.datasets.sources import check_spaces, load_dataset, make_env
 

@@ -12,9 +12,9 @@ import pytest
 from offbench.algorithms import dqc, sampling
 from offbench.algorithms.config import BaseConfig, resolve_config
 from offbench.bench import train as train_module
-from offbench.bench.evaluate import Evaluator
 from offbench.bench.train import Job, run_job
 from offbench.datasets.dataset import DatasetSpec, build_dataset
+from offbench.datasets.evaluate import Evaluator
 
 GAMMA = 0.5  # powers of 1/2 keep every hand-computed number exact in float32
 SMALL = {"hidden_dims": (16,), "batch_size": 8, "num_samples": 4, "flow_steps": 3}

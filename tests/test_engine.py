@@ -24,8 +24,8 @@ from offbench.bench.engine import (
     state_axes,
     training_data,
 )
-from offbench.bench.evaluate import Episodes, Evaluator, reset_seeds
 from offbench.bench.train import Job, run_job
+from offbench.datasets.evaluate import Episodes, Evaluator, reset_seeds
 from offbench.datasets.sources import load_dataset
 
 SMALL = {"hidden_dims": (32, 32), "batch_size": 16}
@@ -314,6 +314,43 @@ def test_an_episode_succeeds_when_its_last_step_reports_success(toy_dataset):
     evaluator.close()
 
 
+class SeedLengthEnv(gym.Env):
+    """Episodes of (reset seed % 5) + 1 steps, reward 1 a step: lengths show which seed each reset got."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.steps, self.limit = 0, seed % 5 + 1
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        return np.zeros(3, np.float32), 1.0, self.steps == self.limit, False, {}
+
+
+def test_explicit_episode_seeds_reset_each_episode_and_lengths_count_its_steps(toy_dataset):
+    evaluator = Evaluator(
+        toy_dataset(20).spec,
+        seeds=(10, 20),
+        episodes=3,
+        env_factory=SeedLengthEnv,
+        episode_seeds=lambda seed, episodes: [seed + i for i in range(episodes)],
+    )
+    assert evaluator.reset_seeds == [10, 11, 12, 20, 21, 22]
+    expected = np.array([[1, 2, 3], [1, 2, 3]])
+    zeros = lambda observations, call_index: np.zeros(observations.shape[:2] + (2,))
+    chunks = lambda observations, call_index: np.zeros(observations.shape[:2] + (4, 2))
+    for policy in (zeros, chunks):  # a chunk running past an episode's end takes no extra step
+        episodes = evaluator.run(policy)
+        np.testing.assert_array_equal(episodes.lengths, expected)
+        np.testing.assert_array_equal(episodes.returns, expected.astype(float))
+    inactive = evaluator.run(zeros, active=np.array([False, True]))
+    np.testing.assert_array_equal(inactive.lengths, [[0, 0, 0], [1, 2, 3]])
+    evaluator.close()
+
+
 class ScriptedEvaluator:
     """Stands in for the Evaluator in run_job: episode successes from a script, one entry per evaluation."""
 
@@ -325,7 +362,9 @@ class ScriptedEvaluator:
     def run(self, policy, active=None):
         successes = self.script[self.calls]
         self.calls += 1
-        return Episodes(returns=np.full(successes.shape, 10.0), successes=successes)
+        return Episodes(
+            returns=np.full(successes.shape, 10.0), successes=successes, lengths=np.full(successes.shape, 3)
+        )
 
     def close(self):
         pass

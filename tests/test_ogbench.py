@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from offbench.bench import sweep as sweep_module
 from offbench.bench.cli import app
-from offbench.bench.evaluate import Evaluator
 from offbench.bench.suite import Suite, SuiteError, parse_suite
 from offbench.bench.sweep import plan, sweep
 from offbench.datasets.dataset import DatasetError
+from offbench.datasets.evaluate import Evaluator
 from offbench.datasets.generate import catalog, ogbench_play
 from offbench.datasets.sources import import_ogbench, load_dataset, make_env
 

@@ -19,7 +19,7 @@ import pytest
 from scipy.special import ndtr
 
 from offbench.algorithms.nets import sample_tanh_gaussian
-from offbench.datasets.generate import policies, sac
+from offbench.datasets.generate import behaviour_checkpoints, behaviour_training, policies, replay_buffer, sac
 
 # ------------------------------------------------------------------------------------------------
 # Tanh-Gaussian log-probability
@@ -219,23 +219,23 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
     kwargs = ", ".join(f"{k}={v!r}" for k, v in RUN_KWARGS.items())
     script = (
         "from pathlib import Path\n"
-        "from offbench.datasets.generate import policies\n"
+        "from offbench.datasets.generate import behaviour_training\n"
         "from offbench.datasets.generate.sac import Config\n"
-        f"policies.train('hopper', {RUN_STEPS}, 7, Path({str(killed)!r}), None, {kwargs})\n"
+        f"behaviour_training.train('hopper', {RUN_STEPS}, 7, Path({str(killed)!r}), None, {kwargs})\n"
     )
     child = subprocess.Popen([sys.executable, "-c", script])
     # Train the reference run while the child starts up, rather than wait for it.
     watcher = threading.Thread(target=_kill_at_first_checkpoint, args=(child, killed))
     watcher.start()
     try:
-        policies.train("hopper", RUN_STEPS, 7, uninterrupted, None, **RUN_KWARGS)
+        behaviour_training.train("hopper", RUN_STEPS, 7, uninterrupted, None, **RUN_KWARGS)
     finally:
         watcher.join()
     assert child.returncode == -signal.SIGKILL, "the training child ended before it could be killed"
-    survivors = policies._checkpoint_steps(killed)
+    survivors = behaviour_checkpoints.checkpoint_steps(killed)
     assert survivors and survivors[0] < RUN_STEPS
 
-    policies.train("hopper", RUN_STEPS, 7, killed, None, **RUN_KWARGS)
+    behaviour_training.train("hopper", RUN_STEPS, 7, killed, None, **RUN_KWARGS)
     resumed, reference = _final_checkpoint(killed), _final_checkpoint(uninterrupted)
     assert resumed.keys() == reference.keys()
     for name in reference:
@@ -246,29 +246,31 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
 def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
     """Restoring a checkpoint and saving it again reproduces every array and the numpy generator state."""
     first, second = tmp_path / "first", tmp_path / "second"
-    policies.train("hopper", 200, 3, first, None, **{**RUN_KWARGS, "checkpoint_every": 200})
-    meta, arrays = policies._read_checkpoint(first / "checkpoint_0000000200.npz")
-    expected = policies._run_meta("hopper", 3, 2, RUN_CFG)
-    fresh = policies._Progress(
+    behaviour_training.train("hopper", 200, 3, first, None, **{**RUN_KWARGS, "checkpoint_every": 200})
+    meta, arrays = behaviour_checkpoints._read_checkpoint(first / "checkpoint_0000000200.npz")
+    expected = behaviour_checkpoints.run_meta("hopper", 3, 2, RUN_CFG)
+    fresh = behaviour_checkpoints.Progress(
         state=sac.init(jax.random.PRNGKey(0), 11, 3, RUN_CFG),
-        buffer=policies._empty_buffer(RUN_CFG.buffer_size, 11, 3),
+        buffer=replay_buffer.empty_buffer(RUN_CFG.buffer_size, 11, 3),
         key=jax.random.PRNGKey(0),
         rng=np.random.default_rng(),
         step=0,
         pending_actions=np.zeros((2, 3), np.float32),
     )
-    run = policies._restore(meta, arrays, expected, fresh, first)
+    run = behaviour_checkpoints._restore(meta, arrays, expected, fresh, first)
     # Two updates per iteration from the iteration that reaches learning_starts=40 onwards.
     assert (run.step, int(run.buffer.size), int(run.state.step)) == (200, 200, 2 * (200 - 40 + 2) // 2)
 
     second.mkdir()
-    policies._save_checkpoint(second, run, expected)
-    meta_again, arrays_again = policies._read_checkpoint(second / "checkpoint_0000000200.npz")
+    behaviour_checkpoints.save_checkpoint(second, run, expected)
+    meta_again, arrays_again = behaviour_checkpoints._read_checkpoint(second / "checkpoint_0000000200.npz")
     assert meta_again == meta
     for name in arrays:
         np.testing.assert_array_equal(arrays_again[name], arrays[name], err_msg=name)
     with pytest.raises(ValueError, match="different run"):
-        policies._restore(meta, arrays, policies._run_meta("hopper", 4, 2, RUN_CFG), fresh, first)
+        behaviour_checkpoints._restore(
+            meta, arrays, behaviour_checkpoints.run_meta("hopper", 4, 2, RUN_CFG), fresh, first
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +283,7 @@ def snapshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run writing snapshots step_0 and step_200, each evaluated over 3 episodes."""
     root = tmp_path_factory.mktemp("policies")
     kwargs = {**RUN_KWARGS, "checkpoint_every": 200, "snapshot_every": 200, "eval_episodes": 3}
-    policies.train("hopper", 200, 0, root / "work", root / "hopper", **kwargs)
+    behaviour_training.train("hopper", 200, 0, root / "work", root / "hopper", **kwargs)
     return root
 
 
@@ -349,7 +351,7 @@ def test_reevaluate_adds_sampled_returns_to_an_old_manifest(snapshots: Path, tmp
     }
     manifest_path.write_text(json.dumps(old))
     with pytest.raises(
-        ValueError, match=r"no sampled-action return for step_200.*policies evaluate --env hopper"
+        ValueError, match=r"no sampled-action return for step_200.*policies_cli evaluate --env hopper"
     ):
         policies.load_policy("hopper", "step_200", policies_dir=root)
 

@@ -164,7 +164,7 @@ def load_policies(env: str, need_medium: bool, policies_dir: Path | str | None =
             f"no behaviour policies for {env}: {manifest_path} does not exist. Train them with {hint}."
         )
     try:
-        manifest = policies._read_manifest(manifest_path)
+        manifest = policies.read_manifest(manifest_path)
     except ValueError as error:
         raise _policy_error(error) from error
     snapshots = {s["name"]: s for s in manifest.get("snapshots", [])}

@@ -1,9 +1,10 @@
-"""Batched evaluation in the real environment: every seed x episode at once.
+"""Batched evaluation episodes in a dataset's environment: every seed x episode at once.
 
-One environment per (seed, episode), created once per job and reused at every evaluation. Each
-step makes one batched, jitted policy call for all of them and steps only the environments whose
-episode is still running. Reset seeds come from the run seed and the episode index alone, so the
-same seed meets the same initial states at every evaluation and in every rerun.
+One environment per (seed, episode), created once and reused at every evaluation. Each step makes one
+batched, jitted policy call for all of them and steps only the environments whose episode is still
+running. Reset seeds come from the run seed and the episode index alone, so the same seed meets the same
+initial states at every evaluation and in every rerun. The benchmark derives them with ``reset_seeds``;
+the behaviour policies' snapshots pass their own (``EVAL_SEED + i``), which their manifests were scored on.
 
 Success follows OGBench's own evaluation loop (``impls/utils/evaluation.py::evaluate`` in the OGBench
 repository; the pip wheel ships the environments, not that loop): an episode's success is
@@ -36,10 +37,15 @@ class Episodes:
 
     returns: np.ndarray  # [seeds, episodes] undiscounted returns
     successes: np.ndarray  # [seeds, episodes] 1.0 / 0.0, NaN where the environment reports no success
+    lengths: np.ndarray  # [seeds, episodes] environment steps taken; 0 for inactive seeds
 
 
 class Evaluator:
-    """Runs ``episodes`` episodes for each of ``seeds`` with one batched policy call per step."""
+    """Runs ``episodes`` episodes for each of ``seeds`` with one batched policy call per step.
+
+    ``episode_seeds(seed, episodes)`` gives the reset seeds of one seed's episodes (default
+    ``reset_seeds``); ``env_factory`` makes each environment (default ``make_env(spec)``).
+    """
 
     def __init__(
         self,
@@ -47,12 +53,13 @@ class Evaluator:
         seeds: Sequence[int],
         episodes: int,
         env_factory: Callable[[], gym.Env] | None = None,
+        episode_seeds: Callable[[int, int], list[int]] = reset_seeds,
     ) -> None:
         self.spec = spec
         self.num_seeds, self.episodes = len(seeds), episodes
         factory = env_factory or (lambda: make_env(spec))
         self.envs = [factory() for _ in range(self.num_seeds * episodes)]
-        self.reset_seeds = [s for seed in seeds for s in reset_seeds(seed, episodes)]
+        self.reset_seeds = [s for seed in seeds for s in episode_seeds(seed, episodes)]
         space = self.envs[0].action_space
         self.action_low, self.action_high = space.low, space.high
         self.env_steps = 0
@@ -77,6 +84,7 @@ class Evaluator:
             observation, _ = self.envs[index].reset(seed=self.reset_seeds[index])
             observations[index] = self._observation(observation)
         returns = np.zeros(len(self.envs), np.float64)
+        lengths = np.zeros(len(self.envs), np.int64)
         successes = np.full(len(self.envs), np.nan)
         shape = (self.num_seeds, self.episodes, self.spec.observation_dim)
         call_index = 0
@@ -92,6 +100,7 @@ class Evaluator:
                     )
                     observations[index] = self._observation(observation)
                     returns[index] += float(reward)
+                    lengths[index] += 1
                     if terminated or truncated:
                         running[index] = False
                         if "success" in info:  # the last step's flag, as OGBench's evaluation reads it
@@ -99,7 +108,8 @@ class Evaluator:
                     self.env_steps += 1
         returns = returns.reshape(self.num_seeds, self.episodes)
         returns[~seeds_active] = np.nan  # their successes are NaN already: they never stepped
-        return Episodes(returns=returns, successes=successes.reshape(self.num_seeds, self.episodes))
+        grid = (self.num_seeds, self.episodes)
+        return Episodes(returns=returns, successes=successes.reshape(grid), lengths=lengths.reshape(grid))
 
     def close(self) -> None:
         for env in self.envs:
