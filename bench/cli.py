@@ -582,7 +582,7 @@ def datasets_info(
 
 
 @app.command(
-    epilog="See bench/perf.py (and bench/gpu_check.py for --gpu-check) for what each column measures and "
+    epilog="See bench/perf/ (bench/perf/gpu_check.py for --gpu-check) for what each column measures and "
     "how the roofline is built."
 )
 def perf(
@@ -655,7 +655,9 @@ def perf(
     from rich.console import Console as StdoutConsole
 
     from offbench.algorithms import UnknownAlgorithmError, available_algorithms, get_algorithm
-    from offbench.bench import perf as perf_module
+    from offbench.bench.perf import benchmark, render
+    from offbench.bench.perf.measure import device_slug
+    from offbench.bench.perf.updates import PRDC_DATASET
 
     def positive_ints(text: str, option: str) -> list[int]:
         try:
@@ -668,7 +670,7 @@ def perf(
 
     stdout = StdoutConsole(width=180, highlight=False)
     if gpu_check:
-        from offbench.bench import gpu_check as gpu_check_module
+        from offbench.bench.perf import gpu_check as gpu_check_module
 
         if algorithm or seeds or size:
             fail("--gpu-check measures a fixed plan: drop --algorithm, --seeds and --size, or --gpu-check.")
@@ -677,7 +679,7 @@ def perf(
         )
         for table in gpu_check_module.render(checked):
             stdout.print(table)
-        folder = perf_module.device_slug(checked.device) + "-gpu-check" + ("-quick" if quick else "")
+        folder = device_slug(checked.device) + "-gpu-check" + ("-quick" if quick else "")
         for path in gpu_check_module.write(checked, out / folder):
             print(f"written: {path}")
         return
@@ -687,7 +689,7 @@ def perf(
         fail(str(error))
     seed_counts = positive_ints(seeds or ("1,4" if quick else "1,4,16"), "--seeds")
     sizes = positive_ints(size or ("200000" if quick else "200000,1000000"), "--size")
-    tables = perf_module.run(
+    tables = benchmark.run(
         algorithms,
         seed_counts,
         sizes,
@@ -696,13 +698,13 @@ def perf(
         min_seconds=seconds or (0.5 if quick else 2.0),
         evaluation_seeds=5 if evaluation else None,
         generate_size=10_000 if datasets else None,
-        prdc_dataset=perf_module.PRDC_DATASET if prdc_data else None,
+        prdc_dataset=PRDC_DATASET if prdc_data else None,
         log=console.print,
     )
-    for table in perf_module.render(tables):
+    for table in render.render(tables):
         stdout.print(table)
-    folder = perf_module.device_slug(tables.device) + ("-quick" if quick else "")
-    for path in perf_module.write(tables, out / folder):
+    folder = device_slug(tables.device) + ("-quick" if quick else "")
+    for path in benchmark.write(tables, out / folder):
         print(f"written: {path}")
 
 
