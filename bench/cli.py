@@ -535,7 +535,7 @@ def datasets_list() -> None:
     """List local Minari datasets with their size and reference scores."""
     import minari
 
-    from offbench.datasets.sources import minari_datasets_path
+    from offbench.datasets.minari_data import minari_datasets_path
 
     local = minari.list_local_datasets()
     if not local:

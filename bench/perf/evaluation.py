@@ -84,8 +84,8 @@ def evaluation_throughput(seeds: int = 5, episodes: int = 10, threads: int | Non
     threads (default: the usable cores); its row says why when it is not installed.
     """
     from offbench.bench.evaluate import Evaluator
+    from offbench.datasets.envs import make_env
     from offbench.datasets.generate.catalog import ACTION_DIMS, ENVS
-    from offbench.datasets.sources import make_env
 
     env_id, action_dim = ENVS[EVALUATION_ENV], ACTION_DIMS[EVALUATION_ENV]
     environments = seeds * episodes

@@ -60,8 +60,8 @@ from offbench.datasets.generate.storage import (
     remove_stale_staging,
     write_atomically,
 )
+from offbench.datasets.minari_data import minari_datasets_path
 from offbench.datasets.quality import read_quality
-from offbench.datasets.sources import minari_datasets_path
 from offbench.hints import suggest
 
 ENVS = LOCOMOTION_ENVS

@@ -47,7 +47,7 @@ from offbench.datasets import robotics
 from offbench.datasets.dataset import DatasetError
 from offbench.datasets.generate import storage
 from offbench.datasets.generate.rollout import Episode
-from offbench.datasets.sources import minari_datasets_path
+from offbench.datasets.minari_data import minari_datasets_path
 from offbench.hints import suggest
 
 NAMESPACE = "offbench/pointmaze/"

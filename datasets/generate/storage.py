@@ -12,7 +12,7 @@ import numpy as np
 
 from offbench.datasets.dataset import DatasetError
 from offbench.datasets.generate.rollout import Episode, write_minari
-from offbench.datasets.sources import minari_datasets_path
+from offbench.datasets.minari_data import minari_datasets_path
 
 STAGING_PREFIX = ".offbench-staging-"
 
