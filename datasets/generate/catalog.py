@@ -110,11 +110,6 @@ def check_env(env: str) -> str:
     return ENVS[env]
 
 
-def missing_kinds(env: str) -> tuple[str, ...]:
-    """The kinds of ``env`` with no complete dataset yet, in catalog order (``--missing-only``)."""
-    return tuple(k for k in KINDS if not exists(dataset_id(env, k)))
-
-
 def dependencies(kind: str) -> tuple[str, ...]:
     """The base kinds a kind is built from (empty for a base kind)."""
     if kind in BASE_KINDS:
