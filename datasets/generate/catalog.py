@@ -57,6 +57,7 @@ from offbench.datasets.generate.storage import (
     check_size,
     exists,
     kind_seed,
+    not_generatable,
     remove_stale_staging,
     write_atomically,
 )
@@ -96,9 +97,7 @@ def generatable_ids() -> list[str]:
 def parse_id(identifier: str) -> tuple[str, str]:
     match = ID_PATTERN.match(identifier)
     if not match or match.group(1) not in ENVS or match.group(2) not in KINDS:
-        raise DatasetError(
-            f"{identifier!r} is not a dataset offbench can generate.{suggest(identifier, generatable_ids())}"
-        )
+        raise not_generatable(identifier, generatable_ids())
     return match.group(1), match.group(2)
 
 

@@ -79,9 +79,10 @@ def parse_id(identifier: str) -> tuple[str, int]:
     """(OGBench environment, task) of a generatable id; a DatasetError with close matches otherwise."""
     match = ID_PATTERN.match(identifier)
     if not match or match.group(1) not in ENVS or int(match.group(2)) not in TASKS:
-        raise DatasetError(
-            f"{identifier!r} is not a dataset offbench can generate.{suggest(identifier, generatable_ids())} "
-            f"OGBench play ids are {dataset_id(ENVS[0], DEFAULT_TASK)} with tasks {TASKS[0]}-{TASKS[-1]}."
+        raise storage.not_generatable(
+            identifier,
+            generatable_ids(),
+            f"OGBench play ids are {dataset_id(ENVS[0], DEFAULT_TASK)} with tasks {TASKS[0]}-{TASKS[-1]}.",
         )
     return match.group(1), int(match.group(2))
 

@@ -120,9 +120,7 @@ def parse_id(identifier: str) -> tuple[str, str]:
     """(maze, reward type) of a generatable id; a DatasetError with close matches otherwise."""
     match = ID_PATTERN.match(identifier)
     if not match or match.group(1) not in MAZES:
-        raise DatasetError(
-            f"{identifier!r} is not a dataset offbench can generate.{suggest(identifier, generatable_ids())}"
-        )
+        raise storage.not_generatable(identifier, generatable_ids())
     return match.group(1), "dense" if match.group(2) else "sparse"
 
 
