@@ -123,15 +123,15 @@ def datasets_generate(
             name: tuple(c for c in g.choices if not (missing_only and g.exists(c)))
             for name, g in generations.items()
         }
-        for name, g in generations.items():  # every environment is checked (policies included) first
+        for name in envs:  # every environment is checked (policies included) before any is generated
             if wanted[name]:
-                g.plan(wanted[name])
-        for name, g in generations.items():
+                generations[name].plan(wanted[name])
+        for name in envs:
             if not wanted[name]:
                 console.print(f"{name}: every dataset already exists under {root}; nothing to generate.")
                 continue
-            with console.status(f"generating {g.ids}"):
-                written = g.generate(wanted[name], log)
+            with console.status(f"generating {generations[name].ids}"):
+                written = generations[name].generate(wanted[name], log)
             console.print(f"{name}: {len(written)} datasets written under {root}")
     except (DatasetError, ValueError, FileNotFoundError) as error:
         fail(str(error))
