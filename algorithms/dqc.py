@@ -56,7 +56,7 @@ from offbench.algorithms.config import BaseConfig, bounded
 from offbench.algorithms.nets import MLP, CriticEnsemble, ValueNetwork, polyak
 from offbench.algorithms.sampling import ChunkBatch
 from offbench.datasets.dataset import Dataset
-from offbench.datasets.sources import OGBENCH_DATASET_GLOBS
+from offbench.datasets.ogbench_data import OGBENCH_DATASET_GLOBS
 
 AGGREGATIONS = ("min", "mean")
 BACKUPS = ("quantile", "expectile")

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -18,13 +17,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from offbench.bench import cli_perf
+from offbench.bench.cli_common import console, fail
+from offbench.bench.cli_datasets import datasets_app
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="offbench: JAX offline-RL benchmarks with vmapped seeds and tidy parquet results.",
 )
-console = Console(stderr=True)
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -45,13 +47,6 @@ def parse_hparams(items: list[str]) -> tuple[tuple[str, str], ...]:
         name, value = item.split("=", 1)
         parsed.append((name.strip(), value.strip()))
     return tuple(parsed)
-
-
-def fail(message: str) -> None:
-    # The message is plain text that may quote TOML ("[[algorithms]]"), not rich markup. Soft wrapping
-    # keeps it on one line whatever the terminal's width, for logs and grep.
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(code=2)
 
 
 CODE_CHANGE_HELP = (
@@ -412,298 +407,7 @@ def upgrade(
     )
 
 
-datasets_app = typer.Typer(no_args_is_help=True, help="Generate, list and inspect datasets.")
-app.add_typer(datasets_app, name="datasets")
-
-
-@datasets_app.command("generate")
-def datasets_generate(
-    env: Annotated[
-        list[str],
-        typer.Option(
-            help="hopper, halfcheetah, walker2d, ogbench-cube-single (OGBench play data from its scripted "
-            "oracle), or pointmaze-{open,umaze,medium,large} (D4RL-style PointMaze data, sparse and dense, "
-            "from Minari's waypoint controller); repeatable; default: the three MuJoCo environments."
-        ),
-    ] = [],  # noqa: B006
-    size: Annotated[int, typer.Option(help="Transitions per base dataset.")] = 100_000,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed gives identical arrays.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace datasets that already exist.")] = False,
-    missing_only: Annotated[
-        bool,
-        typer.Option(
-            "--missing-only",
-            help="Keep the datasets that already exist and generate only the missing ones, from the stored "
-            "bases, with this --size and --seed (give those the others were made with). Without it or "
-            "--overwrite, an existing dataset is refused.",
-        ),
-    ] = False,
-    task: Annotated[
-        list[int],
-        typer.Option(
-            help="OGBench singletask task(s), 1-5, that label the play data (repeatable; default 1)."
-        ),
-    ] = [],  # noqa: B006
-) -> None:
-    """Generate offbench/<env>/* datasets from the committed behaviour policies, OGBench play data
-    (offbench/ogbench/*) from OGBench's scripted oracle and PointMaze data (offbench/pointmaze/*) from
-    Minari's D4RL waypoint controller (no internet)."""
-    from offbench.datasets.dataset import DatasetError
-    from offbench.datasets.generate import catalog, ogbench_play, pointmaze, storage
-    from offbench.hints import suggest
-
-    envs = env or list(catalog.ENVS)
-    known = [*catalog.ENVS, *ogbench_play.CLI_ENVS, *pointmaze.CLI_ENVS]
-    tasks = tuple(task) or (ogbench_play.DEFAULT_TASK,)
-    root = escape(str(catalog.minari_datasets_path()))
-    log = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731
-    try:
-        unknown = [name for name in envs if name not in known]
-        if unknown:
-            raise DatasetError(
-                f"unknown environment {unknown[0]!r}.{suggest(unknown[0], known)} "
-                f"Choose from {', '.join(known)}."
-            )
-        if task and not any(name in ogbench_play.CLI_ENVS for name in envs):
-            raise DatasetError("--task labels OGBench play data: use it with --env ogbench-cube-single.")
-        if missing_only and overwrite:
-            raise DatasetError(
-                "--missing-only keeps the datasets that exist and --overwrite replaces them: pass one of the "
-                "two."
-            )
-        # What each environment is asked for: OGBench tasks, or catalog kinds.
-        wanted: dict[str, tuple] = {}
-        for name in envs:  # every environment is checked (policies included) before any is generated
-            if name in pointmaze.CLI_ENVS:
-                maze = pointmaze.CLI_ENVS[name]
-                present = {r for r in pointmaze.REWARDS if storage.exists(pointmaze.dataset_id(maze, r))}
-                wanted[name] = tuple(r for r in pointmaze.REWARDS if not (missing_only and r in present))
-                if wanted[name]:
-                    pointmaze.plan_generation(maze, wanted[name], size, overwrite)
-            elif name in ogbench_play.CLI_ENVS:
-                play_env = ogbench_play.CLI_ENVS[name]
-                present = {t for t in tasks if storage.exists(ogbench_play.dataset_id(play_env, t))}
-                wanted[name] = tuple(t for t in tasks if not (missing_only and t in present))
-                if wanted[name]:
-                    ogbench_play.plan_generation(play_env, wanted[name], size, overwrite)
-            else:
-                wanted[name] = catalog.missing_kinds(name) if missing_only else catalog.KINDS
-                if wanted[name]:
-                    catalog.plan_generation(name, size=size, overwrite=overwrite, kinds=wanted[name])
-        for name in envs:
-            if not wanted[name]:
-                console.print(f"{name}: every dataset already exists under {root}; nothing to generate.")
-                continue
-            if name in pointmaze.CLI_ENVS:
-                with console.status(f"generating {pointmaze.NAMESPACE}{pointmaze.CLI_ENVS[name]}*"):
-                    written = pointmaze.generate_maze(
-                        pointmaze.CLI_ENVS[name],
-                        wanted[name],
-                        size=size,
-                        seed=seed,
-                        overwrite=overwrite,
-                        log=log,
-                    )
-            elif name in ogbench_play.CLI_ENVS:
-                with console.status(f"generating {ogbench_play.NAMESPACE}{ogbench_play.CLI_ENVS[name]}-*"):
-                    written = ogbench_play.generate_play(
-                        ogbench_play.CLI_ENVS[name],
-                        wanted[name],
-                        size=size,
-                        seed=seed,
-                        overwrite=overwrite,
-                        log=log,
-                    )
-            else:
-                with console.status(f"generating offbench/{name}/*"):
-                    written = catalog.generate_env(
-                        name,
-                        size=size,
-                        seed=seed,
-                        overwrite=overwrite,
-                        kinds=wanted[name],
-                        log=log,
-                        quality=True,
-                    )
-            console.print(f"{name}: {len(written)} datasets written under {root}")
-    except (DatasetError, ValueError, FileNotFoundError) as error:
-        fail(str(error))
-
-
-@datasets_app.command("list")
-def datasets_list() -> None:
-    """List local Minari datasets with their size and reference scores."""
-    import minari
-
-    from offbench.datasets.sources import minari_datasets_path
-
-    local = minari.list_local_datasets()
-    if not local:
-        console.print(
-            f"no datasets under {escape(str(minari_datasets_path()))} ($MINARI_DATASETS_PATH). Generate "
-            "offbench's own with `offbench datasets generate`, or fetch a Minari id with `offbench datasets "
-            "info <id> --download` (needs internet).",
-            soft_wrap=True,
-        )
-        return
-    for dataset_id, metadata in sorted(local.items()):
-        refs = (
-            f"refs [{metadata['ref_min_score']:.1f}, {metadata['ref_max_score']:.1f}]"
-            if "ref_max_score" in metadata
-            else "no reference scores"
-        )
-        print(
-            f"{dataset_id:48s} {metadata.get('total_steps', 0):>9,} steps "
-            f"{metadata.get('total_episodes', 0):>6,} episodes  {refs}"
-        )
-
-
-@datasets_app.command("info")
-def datasets_info(
-    dataset: Annotated[str, typer.Argument(help="Minari id, OGBench singletask name, or HDF5/npz path.")],
-    env: Annotated[str | None, typer.Option(help="Evaluation env id, when the dataset names none.")] = None,
-    download: Annotated[
-        bool, typer.Option(help="Download a missing Minari or OGBench dataset (needs internet).")
-    ] = False,
-) -> None:
-    """Print a dataset's return statistics and quality metrics (TQ, SACo)."""
-    from offbench.datasets import quality
-    from offbench.datasets.dataset import DatasetError
-    from offbench.datasets.generate import catalog
-    from offbench.datasets.sources import load_dataset
-
-    try:
-        data = load_dataset(dataset, env_id=env, download=download)
-    except DatasetError as error:
-        fail(str(error))
-    catalog.complete_quality(dataset)  # generated data whose metrics a killed generation never wrote
-    for key, value in {**data.summary(), **(quality.read_quality(dataset) or {})}.items():
-        print(f"{key:28s} {value}")
-
-
-@app.command(
-    epilog="See bench/perf.py (and bench/gpu_check.py for --gpu-check) for what each column measures and "
-    "how the roofline is built."
-)
-def perf(
-    algorithm: Annotated[
-        list[str], typer.Option("--algorithm", "-a", help="Algorithm to measure (repeatable; default all).")
-    ] = [],  # noqa: B006
-    seeds: Annotated[
-        str | None, typer.Option(help="Vmapped seed counts, comma-separated (default 1,4,16; --quick 1,4).")
-    ] = None,
-    size: Annotated[
-        str | None,
-        typer.Option(
-            help="Synthetic dataset sizes in transitions, comma-separated "
-            "(default 200000,1000000; --quick 200000)."
-        ),
-    ] = None,
-    chunk: Annotated[int, typer.Option(help="Updates per jitted call (lax.scan length).")] = 10,
-    seconds: Annotated[
-        float | None, typer.Option(help="Least seconds per timed repeat (default 2; --quick 0.5).")
-    ] = None,
-    repeats: Annotated[int, typer.Option(help="Timed repeats per cell; the median is reported.")] = 3,
-    evaluation: Annotated[
-        bool, typer.Option(help="Measure evaluation env steps/s (offbench evaluator, gymnasium, envpool).")
-    ] = True,
-    datasets: Annotated[
-        bool, typer.Option(help="Measure loading offbench/hopper/medium-v0 and generating a small dataset.")
-    ] = True,
-    prdc_data: Annotated[
-        bool,
-        typer.Option(
-            help="With PRDC: also time PRDC and TD3+BC on offbench/hopper/medium-expert-v0 (generated if "
-            "missing) after 2,000 training updates, the cells PRDC's cost target is judged on."
-        ),
-    ] = True,
-    quick: Annotated[
-        bool,
-        typer.Option("--quick", help="Seeds 1,4, 200k transitions, shorter repeats; writes <device>-quick/."),
-    ] = False,
-    gpu_check: Annotated[
-        bool,
-        typer.Option(
-            "--gpu-check",
-            help="The accelerator check instead: TD3+BC, IQL and A2PR at 1, 16 and 64 seeds on 1M "
-            "transitions, a large-matmul roofline, the evaluation share of a short run, device memory; "
-            "writes <device>-gpu-check/. With --quick: 1 and 2 seeds, small enough for a CPU.",
-        ),
-    ] = False,
-    out: Annotated[
-        Path, typer.Option(help="Parent directory of the <device>/ folder of parquet files.")
-    ] = Path("results/perf"),
-) -> None:
-    """Measure training and evaluation speed against the machine's matmul roofline.
-
-    Per algorithm, dataset size and vmapped seed count: updates/s per seed, compile seconds, XLA FLOPs
-    per update, the fraction of a matmul roofline of the network's shapes measured in the same run, and
-    the cost relative to TD3+BC. Then evaluation env steps/s, dataset load and generation seconds, and
-    the targets with pass/fail. Tables go to stdout and to OUT/<device>/*.parquet.
-
-    Full table (every algorithm; seeds 1,4,16; 200k and 1M transitions; roughly 30-40 minutes on a
-    2-core CPU, most of it CQL, DQC and A2PR at 16 seeds): offbench perf
-
-    Quick look (seeds 1,4; 200k transitions; 0.5 s timed repeats; about 10 minutes on one CPU core):
-    offbench perf --quick
-
-    PRDC beside TD3+BC on 200k and 1M transitions:
-    offbench perf -a td3bc -a prdc --size 200000,1000000 --no-evaluation --no-datasets
-
-    On a GPU (a few minutes; --quick runs it on a CPU in a few): offbench perf --gpu-check
-    """
-    from rich.console import Console as StdoutConsole
-
-    from offbench.algorithms import UnknownAlgorithmError, available_algorithms, get_algorithm
-    from offbench.bench import perf as perf_module
-
-    def positive_ints(text: str, option: str) -> list[int]:
-        try:
-            values = [int(part) for part in text.split(",")]
-        except ValueError:
-            values = []
-        if not values or min(values) <= 0:
-            raise typer.BadParameter(f"{option} takes positive integers separated by commas, got {text!r}.")
-        return values
-
-    stdout = StdoutConsole(width=180, highlight=False)
-    if gpu_check:
-        from offbench.bench import gpu_check as gpu_check_module
-
-        if algorithm or seeds or size:
-            fail("--gpu-check measures a fixed plan: drop --algorithm, --seeds and --size, or --gpu-check.")
-        checked = gpu_check_module.run(
-            gpu_check_module.QUICK if quick else gpu_check_module.FULL, log=console.print
-        )
-        for table in gpu_check_module.render(checked):
-            stdout.print(table)
-        folder = perf_module.device_slug(checked.device) + "-gpu-check" + ("-quick" if quick else "")
-        for path in gpu_check_module.write(checked, out / folder):
-            print(f"written: {path}")
-        return
-    try:
-        algorithms = [get_algorithm(name).name for name in algorithm] or available_algorithms()
-    except UnknownAlgorithmError as error:
-        fail(str(error))
-    seed_counts = positive_ints(seeds or ("1,4" if quick else "1,4,16"), "--seeds")
-    sizes = positive_ints(size or ("200000" if quick else "200000,1000000"), "--size")
-    tables = perf_module.run(
-        algorithms,
-        seed_counts,
-        sizes,
-        chunk=chunk,
-        repeats=repeats,
-        min_seconds=seconds or (0.5 if quick else 2.0),
-        evaluation_seeds=5 if evaluation else None,
-        generate_size=10_000 if datasets else None,
-        prdc_dataset=perf_module.PRDC_DATASET if prdc_data else None,
-        log=console.print,
-    )
-    for table in perf_module.render(tables):
-        stdout.print(table)
-    folder = perf_module.device_slug(tables.device) + ("-quick" if quick else "")
-    for path in perf_module.write(tables, out / folder):
-        print(f"written: {path}")
+cli_perf.register(app)
 
 
 @app.command("algorithms")
@@ -713,6 +417,9 @@ def list_algorithms() -> None:
 
     for name in available_algorithms():
         print(name)
+
+
+app.add_typer(datasets_app, name="datasets")
 
 
 def main() -> None:

@@ -194,7 +194,7 @@ class Policy:
 
     def make_env(self, **kwargs: Any):
         """The environment the job evaluated in (Gymnasium ``make`` keyword arguments pass through)."""
-        from offbench.datasets.sources import make_env
+        from offbench.datasets.envs import make_env
 
         return make_env(self.spec, **kwargs)
 
@@ -204,7 +204,7 @@ class Policy:
     def __call__(self, observation: Any) -> np.ndarray:
         import jax
 
-        from offbench.datasets.sources import flatten_observation
+        from offbench.datasets.envs import flatten_observation
 
         if not self._queue:
             flat = flatten_observation(observation, self.spec.observation_keys)

@@ -249,8 +249,8 @@ def inspect_dataset(
 ) -> tuple[str, DatasetSpec]:
     """A dataset's content fingerprint and spec, once its observation and action shapes are checked
     against its evaluation environment (from the cached spec, or ``dataset``, or by loading it)."""
+    from offbench.datasets.envs import check_spaces
     from offbench.datasets.fingerprint import describe
-    from offbench.datasets.sources import check_spaces
 
     digest, spec = describe(name, env_id=env_id, dataset=dataset)
     check_spaces(spec)

@@ -26,6 +26,7 @@ ACTION_BOUND_TOLERANCE = 1e-4
 
 # Dataset names with these suffixes are files (D4RL HDF5, OGBench npz), not ids.
 DATASET_FILE_SUFFIXES = (".hdf5", ".h5", ".npz")
+NUMERIC_KINDS = "biuf"  # NumPy dtype kinds of bool, signed and unsigned integer and float arrays
 
 
 class DatasetError(ValueError):

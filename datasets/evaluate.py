@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from offbench.datasets.dataset import DatasetSpec
-from offbench.datasets.sources import flatten_observation, make_env
+from offbench.datasets.envs import flatten_observation, make_env
 
 
 def reset_seeds(run_seed: int, episodes: int) -> list[int]:

@@ -52,29 +52,29 @@ def content_digest(dataset: Dataset) -> str:
 
 def source_files(name: str) -> list[Path]:
     """The files a dataset name is read from (empty when they do not exist yet)."""
-    from offbench.datasets import sources
+    from offbench.datasets import minari_data, ogbench_data
 
     path = Path(name).expanduser()
     if path.suffix in {".hdf5", ".h5", ".npz"} or path.is_file():
         return [path] if path.is_file() else []
-    if sources.OGBENCH_NAME.match(name):
-        data_name, _ = sources.resolve_ogbench_name(name)
-        file = sources.ogbench_data_dir() / f"{data_name}.npz"
+    if ogbench_data.OGBENCH_NAME.match(name):
+        data_name, _ = ogbench_data.resolve_ogbench_name(name)
+        file = ogbench_data.ogbench_data_dir() / f"{data_name}.npz"
         return [file] if file.is_file() else []
-    folder = sources.minari_datasets_path() / name / "data"
+    folder = minari_data.minari_datasets_path() / name / "data"
     return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
 def cache_file(name: str) -> Path:
-    from offbench.datasets import sources
+    from offbench.datasets import minari_data, ogbench_data
 
     path = Path(name).expanduser()
     if path.suffix in {".hdf5", ".h5", ".npz"} or path.is_file():
         return path.with_name(f".{path.name}.{CACHE_NAME}")
-    if sources.OGBENCH_NAME.match(name):
-        data_name, _ = sources.resolve_ogbench_name(name)
-        return sources.ogbench_data_dir() / f".{data_name}.{CACHE_NAME}"
-    return sources.minari_datasets_path() / name / CACHE_NAME
+    if ogbench_data.OGBENCH_NAME.match(name):
+        data_name, _ = ogbench_data.resolve_ogbench_name(name)
+        return ogbench_data.ogbench_data_dir() / f".{data_name}.{CACHE_NAME}"
+    return minari_data.minari_datasets_path() / name / CACHE_NAME
 
 
 def _stats(files: list[Path]) -> dict[str, list[int]]:

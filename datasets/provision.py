@@ -6,13 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from offbench.datasets.dataset import DatasetError
-from offbench.datasets.sources import (
-    dataset_kind,
-    download_minari_dataset,
-    import_ogbench,
-    ogbench_data_dir,
-    resolve_ogbench_name,
-)
+from offbench.datasets.minari_data import download_minari_dataset
+from offbench.datasets.ogbench_data import import_ogbench, ogbench_data_dir, resolve_ogbench_name
+from offbench.datasets.sources import dataset_kind
 from offbench.hints import suggest
 
 

@@ -382,7 +382,7 @@ QUALITY_FILE = "offbench_quality.json"
 
 
 def quality_path(identifier: str) -> Path:
-    from offbench.datasets.sources import minari_datasets_path
+    from offbench.datasets.minari_data import minari_datasets_path
 
     return minari_datasets_path() / identifier / QUALITY_FILE
 

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from offbench.algorithms import available_algorithms, get_algorithm
 from offbench.algorithms.config import field_range, numeric_fields, resolve_config
 from offbench.bench.cli import app
-from offbench.datasets.sources import write_d4rl_hdf5
+from offbench.datasets.d4rl_hdf5 import write_d4rl_hdf5
 
 runner = CliRunner()
 

@@ -21,9 +21,10 @@ from offbench.bench.leaderboard import write_report
 from offbench.bench.suite import parse_suite
 from offbench.bench.sweep import sweep
 from offbench.datasets import quality, robotics
+from offbench.datasets.envs import check_spaces, make_env
 from offbench.datasets.evaluate import Evaluator
 from offbench.datasets.generate import pointmaze
-from offbench.datasets.sources import check_spaces, load_dataset, make_env
+from offbench.datasets.sources import load_dataset
 
 KITCHEN_TASKS = ["microwave", "kettle", "light switch", "slide cabinet"]  # D4RL/kitchen/complete-v2
 

@@ -25,7 +25,8 @@ from minari.data_collector import EpisodeBuffer
 from rollouts import rollout_episodes
 
 from offbench.algorithms.sampling import gather
-from offbench.datasets import sources
+from offbench.datasets import envs
+from offbench.datasets.d4rl_hdf5 import D4RL_REFERENCE_SCORES, load_d4rl_hdf5, write_d4rl_hdf5
 from offbench.datasets.dataset import (
     OBSERVATION_STD_EPSILON,
     DatasetError,
@@ -33,17 +34,10 @@ from offbench.datasets.dataset import (
     build_dataset,
     from_episodes,
 )
+from offbench.datasets.envs import check_spaces, make_env
 from offbench.datasets.generate.rollout import write_minari
-from offbench.datasets.sources import (
-    D4RL_REFERENCE_SCORES,
-    check_spaces,
-    is_connection_error,
-    load_d4rl_hdf5,
-    load_dataset,
-    load_minari,
-    make_env,
-    write_d4rl_hdf5,
-)
+from offbench.datasets.minari_data import is_connection_error, load_minari
+from offbench.datasets.sources import load_dataset
 
 TIMEOUT_ID = "test-datasets/hopper/timeout-v0"
 DICT_ID = "test-datasets/goal/dict-v0"
@@ -502,7 +496,7 @@ def test_check_spaces_refuses_another_environment_and_closes_it(tmp_path: Path, 
         monkeypatch.setattr(env, "close", lambda: closed.append(env.spec.id))
         return env
 
-    monkeypatch.setattr(sources, "make_env", recording_make_env)
+    monkeypatch.setattr(envs, "make_env", recording_make_env)
     spec = load_dataset(str(hopper_like_file(tmp_path / "data.hdf5")), env_id="HalfCheetah-v5").spec
     message = assert_dataset_error(
         lambda: check_spaces(spec), "has 11 observation dimensions and 3 actions in [-1, 1]",

@@ -393,7 +393,7 @@ def test_no_success_signal_gives_nan_rates(hopper_minari):
 IQL_THREE_SEEDS = """
 import jax
 from offbench.algorithms import get_algorithm, sampling
-from offbench.bench.perf import random_dataset
+from offbench.bench.perf.updates import random_dataset
 from offbench.bench.engine import init_states, make_train_chunk, seed_keys
 
 algorithm = get_algorithm("iql")

@@ -19,9 +19,11 @@ from offbench.bench.cli import app
 from offbench.bench.suite import Suite, SuiteError, parse_suite
 from offbench.bench.sweep import plan, sweep
 from offbench.datasets.dataset import DatasetError
+from offbench.datasets.envs import make_env
 from offbench.datasets.evaluate import Evaluator
 from offbench.datasets.generate import catalog, ogbench_play
-from offbench.datasets.sources import import_ogbench, load_dataset, make_env
+from offbench.datasets.ogbench_data import import_ogbench
+from offbench.datasets.sources import load_dataset
 
 ogbench = import_ogbench()
 
@@ -232,7 +234,7 @@ def test_evaluation_env_is_made_without_importing_ogbench_first():
     """`offbench run` never imports ogbench itself: make_env must register OGBench's environments."""
     code = (
         "from offbench.datasets.dataset import DatasetSpec\n"
-        "from offbench.datasets.sources import make_env\n"
+        "from offbench.datasets.envs import make_env\n"
         "spec = DatasetSpec('x', 'test', 'cube-single-singletask-task1-v0', 28, 5, (-1.0,) * 5, (1.0,) * 5)\n"
         "print(make_env(spec).spec.max_episode_steps)\n"
     )

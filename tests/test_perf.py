@@ -13,22 +13,29 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from offbench.algorithms import get_algorithm, sampling
-from offbench.bench import gpu_check, perf
 from offbench.bench.cli import app
 from offbench.bench.engine import init_states, make_train_chunk, seed_keys, shared_arrays
+from offbench.bench.perf import benchmark as perf_benchmark
+from offbench.bench.perf import datasets as perf_datasets
+from offbench.bench.perf import evaluation as perf_evaluation
+from offbench.bench.perf import gpu_check
+from offbench.bench.perf import measure as perf_measure
+from offbench.bench.perf import render as perf_render
+from offbench.bench.perf import targets as perf_targets
+from offbench.bench.perf import updates as perf_updates
 
 TINY = {"hidden_dims": (32, 32), "batch_size": 16}
 
 
 def test_measure_reports_consistent_flops_and_rates():
-    dataset = perf.random_dataset(2_000)
+    dataset = perf_updates.random_dataset(2_000)
     shapes = []
 
     def stub_roofline(seeds: int, rows: int, width: int) -> float:
         shapes.append((seeds, rows, width))
         return 1e9
 
-    m = perf.measure_algorithm(
+    m = perf_updates.measure_algorithm(
         "bc", dataset, num_seeds=2, chunk=5, repeats=1, min_seconds=0.0, hparams=TINY, roofline=stub_roofline
     )
     # Forward + backward of the MLP is about 3x the forward pass, 2*B*(in*h + h*h + h*out).
@@ -46,8 +53,8 @@ def test_measure_reports_consistent_flops_and_rates():
 
 
 def test_warmup_is_whole_chunks_trained_before_the_timing():
-    dataset = perf.random_dataset(2_000)
-    m = perf.measure_algorithm(
+    dataset = perf_updates.random_dataset(2_000)
+    m = perf_updates.measure_algorithm(
         "bc",
         dataset,
         1,
@@ -61,13 +68,13 @@ def test_warmup_is_whole_chunks_trained_before_the_timing():
     assert m.warmup_updates == 10
 
 
-def flops_of(name: str, **hparams) -> perf.UpdateFlops:
+def flops_of(name: str, **hparams) -> perf_updates.UpdateFlops:
     algorithm = get_algorithm(name)
     cfg = algorithm.Config(**TINY, **hparams)
-    data = sampling.prepare(perf.random_dataset(500), cfg)
+    data = sampling.prepare(perf_updates.random_dataset(500), cfg)
     init_keys, keys = seed_keys((0,))
     states = init_states(algorithm, data, cfg, init_keys)
-    return perf.update_flops(algorithm, cfg, states, keys, data, shared_arrays(algorithm, data, cfg))
+    return perf_updates.update_flops(algorithm, cfg, states, keys, data, shared_arrays(algorithm, data, cfg))
 
 
 def test_update_flops_average_the_delayed_actor_step():
@@ -83,18 +90,18 @@ def test_contains_loop_ignores_single_iteration_scans():
         return jax.lax.scan(lambda h, _: (h * 2, None), x, None, length=length)[0]
 
     x = jnp.ones(3)
-    assert not perf.contains_loop(jax.make_jaxpr(lambda x: jnp.sin(x) @ x)(x).jaxpr)
-    assert not perf.contains_loop(jax.make_jaxpr(lambda x: scanned(x, 1))(x).jaxpr)
-    assert perf.contains_loop(jax.make_jaxpr(lambda x: scanned(x, 4))(x).jaxpr)
+    assert not perf_updates.contains_loop(jax.make_jaxpr(lambda x: jnp.sin(x) @ x)(x).jaxpr)
+    assert not perf_updates.contains_loop(jax.make_jaxpr(lambda x: scanned(x, 1))(x).jaxpr)
+    assert perf_updates.contains_loop(jax.make_jaxpr(lambda x: scanned(x, 4))(x).jaxpr)
     looped = jax.make_jaxpr(lambda x: jax.lax.while_loop(lambda h: h.sum() < 10, lambda h: h * 2, x))
-    assert perf.contains_loop(looped(x).jaxpr)
+    assert perf_updates.contains_loop(looped(x).jaxpr)
     # Loops nested in a jitted call or a cond's branch count too.
     nested = jax.make_jaxpr(lambda x: jax.lax.cond(x[0] > 0, jax.jit(lambda y: scanned(y, 4)), jnp.sin, x))
-    assert perf.contains_loop(nested(x).jaxpr)
+    assert perf_updates.contains_loop(nested(x).jaxpr)
 
 
 def test_matmul_roofline_is_positive():
-    assert perf.matmul_roofline(seeds=2, rows=8, width=16, length=3, min_seconds=0.0, repeats=1) > 0
+    assert perf_updates.matmul_roofline(seeds=2, rows=8, width=16, length=3, min_seconds=0.0, repeats=1) > 0
 
 
 def test_every_cell_is_judged_against_the_best_roofline_of_its_shape(monkeypatch):
@@ -102,18 +109,18 @@ def test_every_cell_is_judged_against_the_best_roofline_of_its_shape(monkeypatch
 
     def measure(name, dataset, num_seeds, *args, roofline, **kwargs):
         shape = (num_seeds, 256, 256)
-        return perf.Measurement(
+        return perf_updates.Measurement(
             name, dataset.spec.id, dataset.size, 0, num_seeds, 10, 256, 100.0, 1.0, 1.0, 1e8, True,
             "x".join(map(str, shape)),
             roofline(*shape),
         )  # fmt: skip
 
-    monkeypatch.setattr(perf, "measure_algorithm", measure)
-    monkeypatch.setattr(perf, "matmul_roofline", lambda *shape: next(ceilings))
-    updates = perf.measure_updates(["bc", "td3bc", "iql"], [1], [1_000]).set_index("algorithm")
+    monkeypatch.setattr(perf_updates, "measure_algorithm", measure)
+    monkeypatch.setattr(perf_updates, "matmul_roofline", lambda *shape: next(ceilings))
+    updates = perf_updates.measure_updates(["bc", "td3bc", "iql"], [1], [1_000]).set_index("algorithm")
     assert updates.roofline_flops_per_second.to_dict() == {"bc": 3e9, "td3bc": 3e9, "iql": 3e9}
     assert updates.roofline_fraction["bc"] == pytest.approx(1e8 * 100.0 / 3e9)
-    single = perf.measure_updates(["bc"], [4], [1_000])
+    single = perf_updates.measure_updates(["bc"], [4], [1_000])
     assert single.roofline_flops_per_second.tolist() == [5e9]
 
 
@@ -146,37 +153,39 @@ def updates_stub() -> pd.DataFrame:
         }
     )  # prdc alone
     # The PRDC target's cells: real data, trained first.
-    trained = {"dataset": perf.PRDC_DATASET, "dataset_size": 202_260, "warmup_updates": 2_000, "seeds": 1}
+    trained = {
+        "dataset": perf_updates.PRDC_DATASET, "dataset_size": 202_260, "warmup_updates": 2_000, "seeds": 1
+    }
     rows.append({**rows[0], **trained, "updates_per_second_per_seed": 90.0})
     rows.append({**rows[2], **trained, "updates_per_second_per_seed": 60.0})
     return pd.DataFrame(rows)
 
 
 def test_cost_relative_to_td3bc():
-    updates = perf.with_td3bc_cost(updates_stub()).set_index(["algorithm", "dataset", "seeds"])
+    updates = perf_updates.with_td3bc_cost(updates_stub()).set_index(["algorithm", "dataset", "seeds"])
     assert updates.cost_vs_td3bc["prdc", "synthetic-200000", 1] == pytest.approx(100 / 40)
     assert updates.cost_vs_td3bc["prdc", "synthetic-200000", 16] == pytest.approx(95 / 50)
     assert updates.cost_vs_td3bc["td3bc", "synthetic-200000", 16] == pytest.approx(1.0)
     assert math.isnan(updates.cost_vs_td3bc["prdc", "synthetic-1000000", 1])  # no td3bc at that size
     # Compared with TD3+BC on the same data after the same training, not with the synthetic cell.
-    assert updates.cost_vs_td3bc["prdc", perf.PRDC_DATASET, 1] == pytest.approx(90 / 60)
+    assert updates.cost_vs_td3bc["prdc", perf_updates.PRDC_DATASET, 1] == pytest.approx(90 / 60)
 
 
 def test_targets_on_a_stub():
-    updates = perf.with_td3bc_cost(updates_stub())
+    updates = perf_updates.with_td3bc_cost(updates_stub())
     evaluation = pd.DataFrame(
         [
-            {"backend": perf.EVALUATOR_BACKEND, "overhead_fraction": 0.3},
+            {"backend": perf_evaluation.EVALUATOR_BACKEND, "overhead_fraction": 0.3},
             {"backend": "gymnasium SyncVectorEnv", "overhead_fraction": 0.1},
         ]
     )
-    targets = perf.check_targets(updates, evaluation)
-    assert set(targets.target) == {t.name for t in perf.TARGETS}
+    targets = perf_targets.check_targets(updates, evaluation)
+    assert set(targets.target) == {t.name for t in perf_targets.TARGETS}
 
-    def cells(target: perf.Target) -> pd.DataFrame:
+    def cells(target: perf_targets.Target) -> pd.DataFrame:
         return targets[targets.target == target.name]
 
-    roofline = cells(perf.ROOFLINE_TARGET).set_index(["algorithm", "seeds", "dataset_size"])
+    roofline = cells(perf_targets.ROOFLINE_TARGET).set_index(["algorithm", "seeds", "dataset_size"])
     assert roofline.passed.to_dict() == {  # prdc has no roofline target
         ("td3bc", 1, 200_000): False,
         ("td3bc", 16, 200_000): True,
@@ -184,31 +193,31 @@ def test_targets_on_a_stub():
         ("bc", 16, 200_000): True,
         ("td3bc", 1, 202_260): False,
     }
-    prdc = cells(perf.PRDC_TARGET)
+    prdc = cells(perf_targets.PRDC_TARGET)
     # Only the trained real-data cell: the synthetic ones are reported, not judged.
     assert prdc.value.tolist() == pytest.approx([90 / 60]) and prdc.passed.tolist() == [True]
-    scaling = cells(perf.SCALING_TARGET)
+    scaling = cells(perf_targets.SCALING_TARGET)
     assert scaling.value.tolist() == pytest.approx([0.95]) and scaling.passed.tolist() == [True]
-    compile_cells = cells(perf.COMPILE_TARGET)
+    compile_cells = cells(perf_targets.COMPILE_TARGET)
     assert (
         len(compile_cells) == len(updates) and compile_cells.passed.sum() == len(updates) - 4
     )  # prdc's four
-    overhead = cells(perf.OVERHEAD_TARGET)
+    overhead = cells(perf_targets.OVERHEAD_TARGET)
     assert overhead.value.tolist() == [0.3] and overhead.passed.tolist() == [False]
 
 
 def test_targets_without_their_measurements_say_not_measured():
-    updates = perf.with_td3bc_cost(updates_stub().query("algorithm == 'bc'"))
-    targets = perf.check_targets(updates, None).set_index("target")
-    for target in (perf.PRDC_TARGET, perf.SCALING_TARGET, perf.OVERHEAD_TARGET):
+    updates = perf_updates.with_td3bc_cost(updates_stub().query("algorithm == 'bc'"))
+    targets = perf_targets.check_targets(updates, None).set_index("target")
+    for target in (perf_targets.PRDC_TARGET, perf_targets.SCALING_TARGET, perf_targets.OVERHEAD_TARGET):
         assert math.isnan(targets.value[target.name]) and targets.passed[target.name] is None
 
 
 def test_render_and_write(tmp_path):
     rows = [
-        perf.Measurement(
+        perf_updates.Measurement(
             algorithm=name,
-            dataset=perf.PRDC_DATASET,
+            dataset=perf_updates.PRDC_DATASET,
             dataset_size=202_260,
             warmup_updates=2_000,
             seeds=1,
@@ -224,29 +233,29 @@ def test_render_and_write(tmp_path):
         ).row()
         for name, rate in (("td3bc", 60.0), ("prdc", 40.0))
     ]
-    updates = perf.with_td3bc_cost(pd.DataFrame(rows))
+    updates = perf_updates.with_td3bc_cost(pd.DataFrame(rows))
     evaluation = pd.DataFrame(
         [
-            perf.evaluation_row(perf.EVALUATOR_BACKEND, 10, 1_000, 2.0, 1.5),
+            perf_evaluation.evaluation_row(perf_evaluation.EVALUATOR_BACKEND, 10, 1_000, 2.0, 1.5),
             {"backend": "envpool", "environments": 10, "status": "not measured: not installed"},
         ]
     )
     datasets = pd.DataFrame(
         [
-            perf.dataset_row("load", "offbench/hopper/medium-v0", status="not measured: not found"),
-            perf.dataset_row("generate", "offbench/hopper/medium-v0", 5_000, 2.5),
+            perf_datasets.dataset_row("load", "offbench/hopper/medium-v0", status="not measured: not found"),
+            perf_datasets.dataset_row("generate", "offbench/hopper/medium-v0", 5_000, 2.5),
         ]
     )
-    tables = perf.PerfTables(
-        "cpu: test", updates, evaluation, datasets, perf.check_targets(updates, evaluation)
+    tables = perf_benchmark.PerfTables(
+        "cpu: test", updates, evaluation, datasets, perf_targets.check_targets(updates, evaluation)
     )
-    rendered = perf.render(tables)
-    assert [table.row_count for table in rendered] == [2, 2, 2, len(perf.TARGETS)]
+    rendered = perf_render.render(tables)
+    assert [table.row_count for table in rendered] == [2, 2, 2, len(perf_targets.TARGETS)]
     console = Console(width=200, file=io.StringIO(), record=True)
     console.print(rendered[0])
     assert "1.50 ✓" in console.export_text()  # prdc's cost relative to td3bc, beside its target
     assert evaluation.overhead_fraction[0] == pytest.approx(0.25)
-    paths = perf.write(tables, tmp_path / perf.device_slug(tables.device))
+    paths = perf_benchmark.write(tables, tmp_path / perf_measure.device_slug(tables.device))
     assert sorted(path.name for path in paths) == [
         "datasets.parquet",
         "evaluation.parquet",
@@ -261,8 +270,8 @@ def test_render_and_write(tmp_path):
 
 
 def test_evaluation_throughput_rows():
-    evaluation = perf.evaluation_throughput(seeds=1, episodes=2)
-    assert evaluation.backend.iloc[0] == perf.EVALUATOR_BACKEND
+    evaluation = perf_evaluation.evaluation_throughput(seeds=1, episodes=2)
+    assert evaluation.backend.iloc[0] == perf_evaluation.EVALUATOR_BACKEND
     assert evaluation.backend.iloc[1] == "gymnasium SyncVectorEnv"
     assert evaluation.backend.iloc[2].startswith("envpool")
     measured = evaluation[evaluation.status == "ok"]
@@ -287,14 +296,14 @@ def test_the_dataset_is_counted_once_whatever_the_seed_count():
     """XLA's memory analysis of the chunk: the dataset is one unbatched argument, each seed adds its state."""
     algorithm = get_algorithm("bc")
     cfg = algorithm.Config(**TINY)
-    data = sampling.prepare(perf.random_dataset(2_000), cfg)
+    data = sampling.prepare(perf_updates.random_dataset(2_000), cfg)
     dataset_arguments = []
     for num_seeds in (1, 3):
         init_keys, keys = seed_keys(tuple(range(num_seeds)))
         states = init_states(algorithm, data, cfg, init_keys)
         compiled = make_train_chunk(algorithm, cfg, 2).lower(states, keys, data, None).compile()
-        memory = perf.chunk_memory(compiled)
-        dataset_arguments.append(memory.arguments - perf.tree_bytes((states, keys)))
+        memory = perf_measure.chunk_memory(compiled)
+        dataset_arguments.append(memory.arguments - perf_measure.tree_bytes((states, keys)))
         assert memory.peak >= memory.arguments
     # BC reads float32 observations (11) and actions (3) of 2,000 transitions; jit drops the unread arrays.
     assert dataset_arguments == [2_000 * (11 + 3) * 4] * 2

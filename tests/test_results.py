@@ -25,7 +25,7 @@ from offbench.bench.sweep import plan, sweep
 from offbench.bench.train import Job, identify
 from offbench.datasets import fingerprint
 from offbench.datasets.generate.rollout import write_minari
-from offbench.datasets.sources import minari_datasets_path
+from offbench.datasets.minari_data import minari_datasets_path
 
 runner = CliRunner()
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -57,11 +57,12 @@ from offbench.datasets.generate.storage import (
     check_size,
     exists,
     kind_seed,
+    not_generatable,
     remove_stale_staging,
     write_atomically,
 )
+from offbench.datasets.minari_data import minari_datasets_path
 from offbench.datasets.quality import read_quality
-from offbench.datasets.sources import minari_datasets_path
 from offbench.hints import suggest
 
 ENVS = LOCOMOTION_ENVS
@@ -96,9 +97,7 @@ def generatable_ids() -> list[str]:
 def parse_id(identifier: str) -> tuple[str, str]:
     match = ID_PATTERN.match(identifier)
     if not match or match.group(1) not in ENVS or match.group(2) not in KINDS:
-        raise DatasetError(
-            f"{identifier!r} is not a dataset offbench can generate.{suggest(identifier, generatable_ids())}"
-        )
+        raise not_generatable(identifier, generatable_ids())
     return match.group(1), match.group(2)
 
 
@@ -108,11 +107,6 @@ def check_env(env: str) -> str:
             f"unknown environment {env!r}.{suggest(env, list(ENVS))} Choose from {', '.join(ENVS)}."
         )
     return ENVS[env]
-
-
-def missing_kinds(env: str) -> tuple[str, ...]:
-    """The kinds of ``env`` with no complete dataset yet, in catalog order (``--missing-only``)."""
-    return tuple(k for k in KINDS if not exists(dataset_id(env, k)))
 
 
 def dependencies(kind: str) -> tuple[str, ...]:

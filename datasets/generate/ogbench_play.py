@@ -47,7 +47,7 @@ import numpy as np
 from offbench.datasets.dataset import DatasetError
 from offbench.datasets.generate import storage
 from offbench.datasets.generate.rollout import Episode
-from offbench.datasets.sources import minari_datasets_path
+from offbench.datasets.minari_data import minari_datasets_path
 from offbench.hints import suggest
 
 NAMESPACE = "offbench/ogbench/"
@@ -79,9 +79,10 @@ def parse_id(identifier: str) -> tuple[str, int]:
     """(OGBench environment, task) of a generatable id; a DatasetError with close matches otherwise."""
     match = ID_PATTERN.match(identifier)
     if not match or match.group(1) not in ENVS or int(match.group(2)) not in TASKS:
-        raise DatasetError(
-            f"{identifier!r} is not a dataset offbench can generate.{suggest(identifier, generatable_ids())} "
-            f"OGBench play ids are {dataset_id(ENVS[0], DEFAULT_TASK)} with tasks {TASKS[0]}-{TASKS[-1]}."
+        raise storage.not_generatable(
+            identifier,
+            generatable_ids(),
+            f"OGBench play ids are {dataset_id(ENVS[0], DEFAULT_TASK)} with tasks {TASKS[0]}-{TASKS[-1]}.",
         )
     return match.group(1), int(match.group(2))
 
@@ -142,7 +143,7 @@ def collect_play(
     ``actions`` [E, T, act] and ``qpos`` [E, T, nq] (the state each action was taken in)."""
     import gymnasium as gym
 
-    from offbench.datasets.sources import import_ogbench
+    from offbench.datasets.ogbench_data import import_ogbench
 
     import_ogbench()  # registers the environments
     from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
@@ -186,7 +187,7 @@ def relabel(env: str, task: int, qpos: np.ndarray) -> tuple[np.ndarray, np.ndarr
     import gymnasium as gym
     from ogbench.relabel_utils import relabel_dataset
 
-    from offbench.datasets.sources import ogbench_singletask_env
+    from offbench.datasets.ogbench_data import ogbench_singletask_env
 
     env_id = ogbench_singletask_env(singletask_env_id(env, task))
     task_env = gym.make(env_id)

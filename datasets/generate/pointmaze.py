@@ -47,7 +47,7 @@ from offbench.datasets import robotics
 from offbench.datasets.dataset import DatasetError
 from offbench.datasets.generate import storage
 from offbench.datasets.generate.rollout import Episode
-from offbench.datasets.sources import minari_datasets_path
+from offbench.datasets.minari_data import minari_datasets_path
 from offbench.hints import suggest
 
 NAMESPACE = "offbench/pointmaze/"
@@ -120,9 +120,7 @@ def parse_id(identifier: str) -> tuple[str, str]:
     """(maze, reward type) of a generatable id; a DatasetError with close matches otherwise."""
     match = ID_PATTERN.match(identifier)
     if not match or match.group(1) not in MAZES:
-        raise DatasetError(
-            f"{identifier!r} is not a dataset offbench can generate.{suggest(identifier, generatable_ids())}"
-        )
+        raise storage.not_generatable(identifier, generatable_ids())
     return match.group(1), "dense" if match.group(2) else "sparse"
 
 

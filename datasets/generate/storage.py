@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import numpy as np
 from offbench import files
 from offbench.datasets.dataset import DatasetError
 from offbench.datasets.generate.rollout import Episode, write_minari
-from offbench.datasets.sources import minari_datasets_path
+from offbench.datasets.minari_data import minari_datasets_path
+from offbench.hints import suggest
 
 STAGING_PREFIX = ".offbench-staging-"
 
@@ -22,6 +24,15 @@ def check_size(size: int) -> int:
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size <= 0:
         raise DatasetError(f"--size must be a positive number of transitions, got {size!r}.")
     return int(size)
+
+
+def not_generatable(identifier: str, generatable: Sequence[str], detail: str = "") -> DatasetError:
+    """The error every generator's ``parse_id`` raises for an id it does not make: the same wording, the
+    closest ids it does make, and what its ids look like (``detail``) where the closest say too little."""
+    return DatasetError(
+        f"{identifier!r} is not a dataset offbench can generate.{suggest(identifier, generatable)}"
+        + (f" {detail}" if detail else "")
+    )
 
 
 def exists(identifier: str) -> bool:

@@ -36,7 +36,9 @@ import jax.numpy as jnp
 import pandas as pd
 from rich.table import Table
 
-from offbench.bench import perf
+from offbench.bench.perf.measure import device_description, device_peak_bytes, seconds_per_call
+from offbench.bench.perf.output import new_table, write_frames
+from offbench.bench.perf.updates import Measurement, measure_cells, random_dataset, with_td3bc_cost
 from offbench.bench.train import Job, identify, run_job
 from offbench.datasets.dataset import Dataset
 
@@ -98,36 +100,29 @@ def measure_updates(
     log: Callable[[str], Any] | None = None,
 ) -> pd.DataFrame:
     """Every algorithm x seed count of ``settings`` on ``dataset``; FLOPs counted once per algorithm."""
-    rows = []
-    for name in algorithms:
-        flops = None
-        for num_seeds in settings.seed_counts:
-            m = perf.measure_algorithm(
-                name,
-                dataset,
-                num_seeds,
-                chunk=settings.chunk,
-                repeats=settings.repeats,
-                min_seconds=settings.min_seconds,
-                flops=flops,
-            )
-            flops = perf.UpdateFlops(m.flops_per_update, m.flops_complete)
-            rows.append(m.row())
-            if log is not None:
-                log(
-                    f"{name}, {num_seeds} seeds: {m.updates_per_second_per_seed:,.1f} updates/s/seed, "
-                    f"compile {m.compile_seconds:.1f}s, chunk {m.chunk_peak_bytes / 2**20:,.0f} MiB"
-                )
-    return perf.with_td3bc_cost(pd.DataFrame(rows))
+
+    def log_cell(m: Measurement) -> None:
+        log(f"{m.algorithm}, {m.seeds} seeds: {m.progress()}, chunk {m.chunk_peak_bytes / 2**20:,.0f} MiB")
+
+    measurements = measure_cells(
+        algorithms,
+        dataset,
+        settings.seed_counts,
+        None if log is None else log_cell,
+        chunk=settings.chunk,
+        repeats=settings.repeats,
+        min_seconds=settings.min_seconds,
+    )
+    return with_td3bc_cost(pd.DataFrame([m.row() for m in measurements]))
 
 
 def matmul_roofline(size: int, repeats: int = 5, min_seconds: float = 0.5) -> pd.DataFrame:
     """FLOP/s of one float32 ``[size, size] @ [size, size]`` at the default precision, the fastest of
-    ``repeats`` (see ``perf.matmul_roofline`` for why the fastest)."""
+    ``repeats`` (see ``updates.matmul_roofline`` for why the fastest)."""
     a_key, b_key = jax.random.split(jax.random.key(0))
     a, b = jax.random.normal(a_key, (size, size)), jax.random.normal(b_key, (size, size))
     compiled = jax.jit(jnp.matmul).lower(a, b).compile()
-    seconds = min(perf.seconds_per_call(lambda: compiled(a, b), min_seconds, repeats))
+    seconds = min(seconds_per_call(lambda: compiled(a, b), min_seconds, repeats))
     return pd.DataFrame(
         [
             {
@@ -201,8 +196,8 @@ def run(
     log: Callable[[str], Any] | None = None,
 ) -> GpuCheckTables:
     """The whole check: updates, roofline, evaluation share, memory."""
-    device = perf.device_description()
-    dataset = perf.random_dataset(settings.dataset_size, env_id=EVALUATION_ENV_ID)
+    device = device_description()
+    dataset = random_dataset(settings.dataset_size, env_id=EVALUATION_ENV_ID)
     updates = measure_updates(dataset, settings, algorithms, log)
     roofline = matmul_roofline(settings.matmul_size, min_seconds=settings.min_seconds)
     if log is not None:
@@ -216,7 +211,7 @@ def run(
                 "dataset_transitions": dataset.size,
                 "dataset_bytes": int(updates.dataset_bytes.max()),
                 "largest_chunk_peak_bytes": int(updates.chunk_peak_bytes.max()),
-                "device_peak_bytes": perf.device_peak_bytes(),
+                "device_peak_bytes": device_peak_bytes(),
             }
         ]
     )
@@ -224,7 +219,8 @@ def run(
 
 
 def write(tables: GpuCheckTables, directory: Path) -> list[Path]:
-    return perf.write_frames(tables.device, tables.frames(), directory)
+    """One parquet file per table under ``directory``, each row stamped with the device and provenance."""
+    return write_frames(tables.device, tables.frames(), directory)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,16 +228,20 @@ def write(tables: GpuCheckTables, directory: Path) -> list[Path]:
 
 
 def mebibytes(value: float) -> str:
+    """Bytes as whole MiB; empty where the backend keeps no count (NaN)."""
     return "" if math.isnan(value) else f"{value / 2**20:,.0f}"
 
 
 def render(tables: GpuCheckTables) -> list[Table]:
-    updates = Table(title=f"gpu check: updates on {tables.device}")
-    for column in (
-        "algorithm", "seeds", "updates/s/seed", "updates/s", "× td3bc cost", "compile s", "GFLOP/s",
-        "% roofline", "dataset MiB", "state MiB", "chunk peak MiB", "device peak MiB",
-    ):  # fmt: skip
-        updates.add_column(column, justify="left" if column == "algorithm" else "right")
+    """The tables ``offbench perf --gpu-check`` prints."""
+    updates = new_table(
+        f"gpu check: updates on {tables.device}",
+        (
+            "algorithm", "seeds", "updates/s/seed", "updates/s", "× td3bc cost", "compile s", "GFLOP/s",
+            "% roofline", "dataset MiB", "state MiB", "chunk peak MiB", "device peak MiB",
+        ),
+        left=("algorithm",),
+    )  # fmt: skip
     for r in tables.updates.itertuples():
         updates.add_row(
             r.algorithm,
@@ -257,14 +257,15 @@ def render(tables: GpuCheckTables) -> list[Table]:
             mebibytes(r.chunk_peak_bytes),
             mebibytes(r.device_peak_bytes),
         )
-    roofline = Table(title="matmul roofline")
-    for column in ("shape", "dtype", "precision", "TFLOP/s"):
-        roofline.add_column(column)
+    columns = ("shape", "dtype", "precision", "TFLOP/s")
+    roofline = new_table("matmul roofline", columns, left=columns)
     for r in tables.roofline.itertuples():
         roofline.add_row(r.shape, r.dtype, r.precision, f"{r.flops_per_second / 1e12:.3f}")
-    share = Table(title="evaluation share of a short run")
-    for column in ("run", "train s", "compile s", "eval s", "eval share", "eval share (no compile)"):
-        share.add_column(column, justify="left" if column == "run" else "right")
+    share = new_table(
+        "evaluation share of a short run",
+        ("run", "train s", "compile s", "eval s", "eval share", "eval share (no compile)"),
+        left=("run",),
+    )
     for r in tables.evaluation_share.itertuples():
         share.add_row(
             f"{r.algorithm}, {r.seeds} seeds, {r.updates:,} updates, {r.evaluations} x {r.episodes_per_seed} "
@@ -275,9 +276,11 @@ def render(tables: GpuCheckTables) -> list[Table]:
             f"{r.evaluation_share:.0%}",
             f"{r.evaluation_share_without_compile:.0%}",
         )
-    memory = Table(title="memory")
-    for column in ("dataset transitions", "dataset MiB", "largest chunk peak MiB", "device peak MiB"):
-        memory.add_column(column, justify="right")
+    memory = new_table(
+        "memory",
+        ("dataset transitions", "dataset MiB", "largest chunk peak MiB", "device peak MiB"),
+        left=(),
+    )
     for r in tables.memory.itertuples():
         memory.add_row(
             f"{r.dataset_transitions:,}",
@@ -286,4 +289,3 @@ def render(tables: GpuCheckTables) -> list[Table]:
             mebibytes(r.device_peak_bytes) or "not kept by this backend",
         )
     return [updates, roofline, share, memory]
-
