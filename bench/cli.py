@@ -357,11 +357,21 @@ def check(
         bool,
         typer.Option("--write-baseline", help="Write BASELINE from the results' runs instead of checking."),
     ] = False,
-    alpha: Annotated[float, typer.Option(help="One-sided test level per pair.")] = 0.05,
+    alpha: Annotated[
+        float, typer.Option(help="False-alarm rate of the whole verdict (Holm's step-down over the pairs).")
+    ] = 0.05,
     abs_tol: Annotated[float, typer.Option(help="Smallest allowed drop, in score (or return) units.")] = 1.0,
     rel_tol: Annotated[
         float, typer.Option(help="Smallest allowed drop, as a fraction of the baseline mean.")
     ] = 0.02,
+    require_same_data: Annotated[
+        bool,
+        typer.Option(
+            "--require-same-data",
+            help="Also fail when a dataset's contents (fingerprint) differ from the baseline's, naming the "
+            "recorded facts that differ: a fresh machine must regenerate the baseline's data.",
+        ),
+    ] = False,
 ) -> None:
     """Fail (exit 1) when final scores regress beyond seed noise relative to a baseline."""
     from rich.console import Console as StdoutConsole
@@ -380,13 +390,21 @@ def check(
     # The verdict table is the command's output, so it goes to stdout (CI logs), wide enough not to wrap.
     stdout = StdoutConsole(width=160, highlight=False)
     stdout.print(checking.verdict_table(pairs))
-    for note in notes:
+    for note in [*notes, checking.family_note(pairs, alpha)]:
         stdout.print(note, markup=False)
     failures = [pair for pair in pairs if pair.failed]
     for pair in failures:
         console.print(f"[red]✗[/] {escape(pair.explanation())}", highlight=False)
-    if failures:
-        console.print(f"[bold red]check failed:[/] {len(failures)} of {len(pairs)} pairs.")
+    other_data = checking.compare_fingerprints(current, reference)[1] if require_same_data else []
+    for dataset in other_data:
+        console.print(
+            f"[red]✗[/] {escape(dataset)}: other contents than the baseline's "
+            f"({escape(checking.generation_difference(dataset, current, reference))}).",
+            highlight=False,
+        )
+    if failures or other_data:
+        data = f", {len(other_data)} dataset(s) with other contents" if other_data else ""
+        console.print(f"[bold red]check failed:[/] {len(failures)} of {len(pairs)} pairs{data}.")
         raise typer.Exit(code=1)
     console.print(f"[green]check passed:[/] {len(pairs)} pairs.")
 

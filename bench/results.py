@@ -20,8 +20,9 @@ temporary name and renamed, so a killed run never leaves a partial file behind.
 Schema versions: 1, the first; 2 adds ``label``, ``success_rate`` and ``final_success_rate``; 3 adds the
 job identity, the budget columns of ``runs``, the ``metrics`` table (the ``metric_*`` columns of
 ``evals`` are gone) and full provenance, and renames ``updates_per_second`` to
-``updates_per_second_per_seed`` and ``timestamp`` to ``written_at``. :func:`read_table` reads older files
-as version 3 (columns they never had are null).
+``updates_per_second_per_seed`` and ``timestamp`` to ``written_at``; 4 adds ``dataset_generation``,
+``host_cpu_id`` and ``host_cpu_isa``. :func:`read_table` reads older files
+as version 4 (columns they never had are null).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from offbench import files
 from offbench.datasets.dataset import DATASET_FILE_SUFFIXES, DatasetSpec
 from offbench.files import atomic_path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 TABLES = ("evals", "runs", "metrics")
 
 COLUMN_DOCS: dict[str, str] = {
@@ -93,6 +94,11 @@ COLUMN_DOCS: dict[str, str] = {
     "value": "Mean of the diagnostic over the `log_every` updates ending at `step` (NaN-aware).",
     # provenance
     "dataset_fingerprint": "sha256 of the dataset's canonical arrays and evaluation spec.",
+    "dataset_generation": (
+        "For a dataset offbench generated: its recipe (generator, seed, size) and what generated it (code "
+        "version, mujoco/gymnasium/numpy/jax versions, CPU and instruction-set level), as sorted JSON; "
+        "null otherwise."
+    ),
     "dataset_transitions": "Transitions in the dataset.",
     "dataset_episodes": "Episodes in the dataset.",
     "dataset_tq": "Trajectory quality TQ of the dataset, where offbench stored it; null otherwise.",
@@ -117,6 +123,8 @@ COLUMN_DOCS: dict[str, str] = {
     "device_model": "CPU model, or accelerator kind.",
     "device_count": "CPU cores available to the process, or number of accelerators.",
     "host_cpu": "Host CPU model (evaluation runs there).",
+    "host_cpu_id": "Host CPU vendor, family, model and stepping (ARM: implementer and part).",
+    "host_cpu_isa": "Host CPU instruction-set level: x86-64-v2/v3 (AVX2)/v4 (AVX-512), or aarch64(+sve).",
     "host_cpu_cores": "CPU cores available to the process.",
     "schema_version": "Results schema version of the row.",
     "written_at": "UTC time the row was written (ISO 8601).",
@@ -142,6 +150,7 @@ KEY_FIELDS = _fields(
 )
 PROVENANCE_FIELDS = _fields(
     ("dataset_fingerprint", pa.string()),
+    ("dataset_generation", pa.string()),
     ("dataset_transitions", pa.int64()),
     ("dataset_episodes", pa.int64()),
     ("dataset_tq", pa.float64()),
@@ -166,6 +175,8 @@ PROVENANCE_FIELDS = _fields(
     ("device_model", pa.string()),
     ("device_count", pa.int64()),
     ("host_cpu", pa.string()),
+    ("host_cpu_id", pa.string()),
+    ("host_cpu_isa", pa.string()),
     ("host_cpu_cores", pa.int64()),
     ("schema_version", pa.int64()),
     ("written_at", pa.string()),

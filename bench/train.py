@@ -180,14 +180,18 @@ class JobOutput:
 
 
 def dataset_provenance(dataset: Dataset, dataset_fingerprint: str) -> dict[str, Any]:
-    """The dataset's columns of a results row: size, fingerprint, reference scores and stored quality."""
+    """The dataset's columns of a results row: size, fingerprint, reference scores, stored quality and,
+    for a dataset offbench generated, what generated it."""
+    from offbench.datasets.generate.storage import read_generation_record
     from offbench.datasets.quality import read_quality
 
     quality = read_quality(dataset.spec.id) or {}
     if quality.get("transitions") != dataset.size:  # metrics of another version of the dataset
         quality = {}
+    generation = read_generation_record(dataset.spec.id)
     return {
         "dataset_fingerprint": dataset_fingerprint,
+        "dataset_generation": None if generation is None else json.dumps(generation, sort_keys=True),
         "dataset_transitions": dataset.size,
         "dataset_episodes": dataset.num_episodes,
         "dataset_tq": quality.get("tq"),

@@ -49,6 +49,7 @@ def ensure_datasets(dataset_ids: list[str], available: list[str], download: bool
             if dataset_id in available:
                 from offbench.datasets.generate import catalog
 
+                catalog.check_recipe(dataset_id)
                 catalog.complete_quality(dataset_id)  # a generation killed before writing them
         elif dataset_id in available:
             from offbench.datasets.generate import catalog
