@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test ci-baseline test-slow lint bench bench-reference policies clean chromium
+.PHONY: install test ci-baseline test-slow test-package docs lint bench bench-reference policies clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,18 @@ ci-baseline: $(STAMP)
 	$(BIN)/offbench sweep ci --out build/ci
 	$(BIN)/offbench check --results build/ci --baseline results/ci/baseline.parquet --write-baseline
 
+# Every slow test: the learning tests, the long fault-injection run, and the package test below.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The wheel installed into a fresh virtual environment and used in a directory with no checkout (slow:
+# about 2-3 minutes on 2 cores; it needs the package index for the dependencies). CI runs it after `make test`.
+test-package: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/test_packaging.py
+
+# Regenerates the schema table of docs/results.md from the code's column descriptions (a test checks it).
+docs: $(STAMP)
+	$(BIN)/python -m offbench.bench.schema_doc docs/results.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
