@@ -140,3 +140,35 @@ def test_run_asks_for_download_before_fetching_a_remote_id(tmp_path, monkeypatch
     assert result.exit_code == 2
     assert "unknown dataset 'mujoco/hopper/medium-v0'" in result.output and "--download" in result.output
     assert_no_results(out)
+
+
+def test_version_prints_the_package_version_and_the_code_version_rows_record():
+    from importlib.metadata import version
+
+    from offbench.bench.provenance import code_version
+
+    result = invoke("--version")
+    assert result.exit_code == 0
+    code = code_version()
+    first, second = result.output.splitlines()
+    assert first == f"offbench {version('offbench')}"
+    assert second.startswith(f"code version {code['code_version']} (")
+
+
+def test_an_installed_package_inside_another_repository_is_not_that_repository_s_code(monkeypatch, tmp_path):
+    """A virtual environment inside some checkout (or a home folder under git): git answers for the
+    enclosing repository, whose commit is not the code that runs."""
+    from offbench.bench import provenance
+
+    answers = {"rev-parse --show-toplevel": f"{tmp_path}\n", "rev-parse HEAD": "f" * 40 + "\n"}
+    monkeypatch.setattr(provenance, "_git", lambda *args: answers[" ".join(args)])
+    provenance.code_version.cache_clear()
+    try:
+        code = provenance.code_version()
+        shown = invoke("--version").output
+    finally:
+        provenance.code_version.cache_clear()  # the next caller sees this checkout again
+    assert code["git_sha"] is None and code["code_version"] == f"offbench-{code['offbench_version']}"
+    assert shown.splitlines()[1] == (
+        f"code version {code['code_version']} (installed package, no git checkout)"
+    )

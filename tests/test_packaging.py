@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -132,8 +133,12 @@ def test_the_wheel_works_in_a_fresh_environment_with_no_checkout(dist, tmp_path)
     transcript = []
 
     def step(*command: str) -> str:
+        started = time.monotonic()
         done = run(list(command), cwd=work, env=env)
-        transcript.append(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}")
+        took = time.monotonic() - started
+        transcript.append(
+            f"$ {' '.join(command)}   [{took:.0f} s, exit {done.returncode}]\n{done.stdout}{done.stderr}"
+        )
         assert done.returncode == 0, "\n".join(transcript)
         return done.stdout
 
