@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install test ci-baseline test-slow test-package docs lint bench bench-reference policies clean chromium
 
+# The filter hides one message, setuptools' "Editable installation" notice: an InformationOnly warning, a note
+# that setuptools can only send as a warning. The package maps offbench to the repository root, so its
+# editable install always uses setuptools' import finder and always prints the note otherwise.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
