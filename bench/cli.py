@@ -208,9 +208,10 @@ def run(
         )
         resolve(job)  # validates the hyper-parameters before the (slower) dataset load
         # As a sweep does: a missing id offbench can generate is generated, a remote one downloaded
-        # with --download.
+        # with --download. An npz file's task may come from --env here, which the loader checks.
         with console.status(f"preparing {escape(dataset)}"):
-            provision.ensure_datasets([dataset], provision.available_dataset_ids(), download, env_id=env)
+            available = provision.available_dataset_ids()
+            provision.ensure_datasets([dataset], available, download, npz_named_by_task=False)
         with console.status(f"loading {escape(dataset)}"):
             data = load_dataset(dataset, env_id=env, download=download)
             planned = plan_jobs([job], out, same_slot(job), on_code_change, datasets={dataset: data})

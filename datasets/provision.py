@@ -25,12 +25,12 @@ def available_dataset_ids() -> list[str]:
 
 
 def ensure_datasets(
-    dataset_ids: list[str], available: list[str], download: bool = False, env_id: str | None = None
+    dataset_ids: list[str], available: list[str], download: bool = False, npz_named_by_task: bool = True
 ) -> None:
     """Make sure every dataset can be loaded before any training starts, by kind:
 
-    - a D4RL HDF5 or OGBench npz path: the file exists. Without ``env_id`` (a suite gives none) an npz
-      file is named after the OGBench singletask dataset it holds
+    - a D4RL HDF5 or OGBench npz path: the file exists. With ``npz_named_by_task`` (a suite, which gives
+      no evaluation environment) an npz file is named after the OGBench singletask dataset it holds
       (``cube-single-play-singletask-task1-v0.npz``): that name says which task relabels and evaluates it;
     - an OGBench dataset name (``cube-single-play-singletask-task1-v0``): its file is in the OGBench data
       folder, or with ``download`` is fetched by ``ogbench.download_datasets``;
@@ -44,7 +44,7 @@ def ensure_datasets(
     for dataset_id in dataset_ids:
         kind = dataset_kind(dataset_id)
         if kind in ("npz", "hdf5"):
-            check_dataset_file(dataset_id, named_task=env_id is None)
+            check_dataset_file(dataset_id, npz_named_by_task)
         elif kind == "ogbench":
             ensure_ogbench(dataset_id, available, download)
         else:
@@ -73,14 +73,15 @@ def ensure_minari(dataset_id: str, local: set[str], available: list[str], downlo
         )
 
 
-def check_dataset_file(dataset_id: str, named_task: bool = True) -> None:
-    """A D4RL HDF5 or OGBench npz path exists, and (``named_task``) an npz file's name says its task."""
+def check_dataset_file(dataset_id: str, npz_named_by_task: bool = True) -> None:
+    """A D4RL HDF5 or OGBench npz path exists, and (``npz_named_by_task``) an npz file's name says its
+    task."""
     path = Path(dataset_id).expanduser()
     if not path.is_file():
         raise DatasetError(
             f"dataset file {dataset_id} does not exist (relative paths are resolved from {Path.cwd()})."
         )
-    if path.suffix != ".npz" or not named_task:
+    if path.suffix != ".npz" or not npz_named_by_task:
         return
     try:
         resolve_ogbench_name(path.name.removesuffix(".npz").removesuffix("-val"))
