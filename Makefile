@@ -6,12 +6,19 @@ BIN := $(VENV)/bin
 LOCK ?= requirements/lock-cpu.txt
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install install-cuda12 lock test ci-baseline test-slow lint bench bench-reference policies clean chromium
+.PHONY: install install-cuda12 lock test ci-baseline test-slow test-package docs lint bench bench-reference policies \
+	clean chromium
 
+# The lock installs exact versions with hashes, the build backend included (requirements/build.txt), and
+# offbench is built with that locked setuptools (--no-build-isolation). The filter hides one message,
+# setuptools' "Editable installation" notice: an InformationOnly warning, a note that setuptools can only
+# send as a warning. The package maps offbench to the repository root, so its editable install always uses
+# setuptools' import finder and always prints the note otherwise.
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" \
+		$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -47,8 +54,18 @@ ci-baseline: $(STAMP)
 	MINARI_DATASETS_PATH=$(CURDIR)/$(CI_DATASETS) $(BIN)/offbench sweep ci --out build/ci
 	$(BIN)/offbench check --results build/ci --baseline results/ci/baseline.parquet --write-baseline
 
+# Every slow test: the learning tests, the long fault-injection run, and the package test below.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The wheel installed into a fresh virtual environment and used in a directory with no checkout (slow:
+# about 2-3 minutes on 2 cores; it needs the package index for the dependencies). CI runs it after `make test`.
+test-package: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/test_packaging.py
+
+# Regenerates the schema table of docs/results.md from the code's column descriptions (a test checks it).
+docs: $(STAMP)
+	$(BIN)/python -m offbench.bench.schema_doc docs/results.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

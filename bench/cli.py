@@ -29,6 +29,37 @@ app = typer.Typer(
 )
 
 
+def show_version(value: bool) -> None:
+    """``--version``: the package version, and the code version that rows written now record."""
+    if not value:
+        return
+    from offbench.bench.provenance import code_version
+
+    code = code_version()
+    if code["git_sha"] is None:
+        origin = "installed package, no git checkout"
+    else:
+        origin = f"git {code['git_sha']}" + (", uncommitted changes" if code["git_dirty"] else "")
+    print(f"offbench {code['offbench_version']}")
+    print(f"code version {code['code_version']} ({origin})")
+    raise typer.Exit()
+
+
+@app.callback()
+def offbench(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=show_version,
+            is_eager=True,
+            help="Print the package version and the code version results rows record, and exit.",
+        ),
+    ] = False,
+) -> None:
+    """The options given before a command (``--version``)."""
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
     """'0-4' -> (0,1,2,3,4); '0,2,5' -> (0,2,5); '3' -> (3,). Ranges and lists may be mixed."""
     from offbench.bench.suite import seed_list
@@ -48,6 +79,12 @@ def parse_hparams(items: list[str]) -> tuple[tuple[str, str], ...]:
         parsed.append((name.strip(), value.strip()))
     return tuple(parsed)
 
+
+# Where `run` and `sweep` write without --out: a folder of the working directory that git ignores, not
+# results/, which holds only the committed reference runs (a suite swept there by default would skip, or with
+# --on-code-change move, their rows). Not build/ either: a sweep's rows can cost hours, and build/ is what
+# `python -m build`, `make test` and `make bench` treat as disposable.
+LOCAL_RUNS = Path("runs")
 
 CODE_CHANGE_HELP = (
     "What to do with finished jobs in the output directory written by other code: refuse (stop and say "
@@ -111,9 +148,9 @@ def run(
     label: Annotated[
         str | None, typer.Option(help="Method name in the results (default: the algorithm's name).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Results directory (evals/, runs/, metrics/, policies/).")] = Path(
-        "results/adhoc"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Results directory (evals/, runs/, metrics/, policies/).")
+    ] = LOCAL_RUNS / "adhoc",
     hparam: Annotated[
         list[str], typer.Option("--hparam", "-p", help="Override a hyper-parameter: name=value (repeatable).")
     ] = [],  # noqa: B006
@@ -138,6 +175,7 @@ def run(
     from offbench.bench.suite import LABEL, SuiteError
     from offbench.bench.sweep import OutputError, plan_jobs, run_and_write, same_slot
     from offbench.bench.train import Job, resolve
+    from offbench.datasets import provision
     from offbench.datasets.dataset import DatasetError
     from offbench.datasets.sources import load_dataset
 
@@ -169,6 +207,11 @@ def run(
             log_every=log_every,
         )
         resolve(job)  # validates the hyper-parameters before the (slower) dataset load
+        # As a sweep does: a missing id offbench can generate is generated, a remote one downloaded
+        # with --download. An npz file's task may come from --env here, which the loader checks.
+        with console.status(f"preparing {escape(dataset)}"):
+            available = provision.available_dataset_ids()
+            provision.ensure_datasets([dataset], available, download, npz_named_by_task=False)
         with console.status(f"loading {escape(dataset)}"):
             data = load_dataset(dataset, env_id=env, download=download)
             planned = plan_jobs([job], out, same_slot(job), on_code_change, datasets={dataset: data})
@@ -236,7 +279,7 @@ def sweep(
     suite: Annotated[
         str, typer.Argument(help="Built-in suite name (default, ci, ...) or a suite TOML file.")
     ],
-    out: Annotated[Path | None, typer.Option(help="Output directory (default: results/<suite>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: runs/<suite>).")] = None,
     executor: Annotated[str, typer.Option(help="local, or ray for one Ray task per job.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
     download: Annotated[
@@ -252,7 +295,7 @@ def sweep(
     try:
         check_executor(executor)
         suite_spec = load_suite(suite)
-        out = out or Path("results") / suite_spec.name
+        out = out or LOCAL_RUNS / suite_spec.name
         with console.status("validating the suite and preparing datasets"):
             planned = plan(suite_spec, out, download, on_code_change)
     except (SuiteError, ValueError) as error:

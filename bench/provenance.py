@@ -2,8 +2,8 @@
 
 The code version is what a sweep compares before it mixes rows in one directory and what a checkpoint
 must match before it resumes: the git commit, plus a digest of the uncommitted changes when the tree
-is dirty (two different dirty states are two versions). Without git (an installed wheel) it is the
-package version.
+is dirty (two different dirty states are two versions). Without a git checkout rooted at the package (an
+installed wheel) it is the package version.
 """
 
 from __future__ import annotations
@@ -48,17 +48,23 @@ def code_version() -> dict[str, Any]:
     and the untracked files' names and contents when the code (``CODE_PATHS``) has uncommitted changes.
     """
     offbench_version = package_version("offbench")
+    installed = {
+        "code_version": f"offbench-{offbench_version}",
+        "git_sha": None,
+        "git_dirty": None,
+        "offbench_version": offbench_version,
+    }
     try:
+        toplevel = Path(_git("rev-parse", "--show-toplevel").strip()).resolve()
+        # An installed package inside some other repository (a virtual environment in a checkout, a home
+        # folder under git) is not that repository's code: only a checkout rooted at the package counts.
+        if toplevel != PACKAGE_ROOT:
+            return installed
         sha = _git("rev-parse", "HEAD").strip()
         diff = _git("diff", "HEAD", "--binary", "--", *CODE_PATHS)
         untracked = _git("ls-files", "--others", "--exclude-standard", "-z", "--", *CODE_PATHS).split("\0")
     except (OSError, subprocess.SubprocessError):
-        return {
-            "code_version": f"offbench-{offbench_version}",
-            "git_sha": None,
-            "git_dirty": None,
-            "offbench_version": offbench_version,
-        }
+        return installed
     digest = hashlib.sha256(diff.encode())
     for name in sorted(filter(None, untracked)):
         digest.update(name.encode())

@@ -228,7 +228,7 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
             )
     if "name" in raw and not LABEL.match(raw["name"]):
         raise SuiteError(
-            f"{source}: name {raw['name']!r} names the results folder (results/<name>): use letters, digits, "
+            f"{source}: name {raw['name']!r} names the results folder (runs/<name>): use letters, digits, "
             "'_', '.' and '-', starting with a letter or digit."
         )
     if "datasets" not in raw:

@@ -412,12 +412,27 @@ def test_offbench_run_is_a_one_job_sweep(hopper_minari, tmp_path, monkeypatch):
     assert rows(out)["seed"].tolist() == [0, 1]  # the finished job's rows are untouched
 
 
-def test_run_defaults_to_an_output_folder_that_does_not_nest_runs(monkeypatch, tmp_path):
+def test_run_and_sweep_default_to_an_ignored_folder_outside_the_committed_results(monkeypatch, tmp_path):
+    """Without --out, `run` writes runs/adhoc and a built-in suite runs/<suite>: never into results/, which
+    holds the committed reference runs, and never a folder named like the runs/ table it will hold."""
+    import inspect
+
     from offbench.bench import cli
 
+    defaults = {p.name: p.default for p in inspect.signature(cli.run).parameters.values()}
+    assert defaults["out"] == Path("runs/adhoc")
+    planned_into = []
+
+    def plan(suite, out, download, on_code_change):
+        planned_into.append(out)
+        return sweep_module.Plan(todo=[], done=[], messages=[])
+
     monkeypatch.chdir(tmp_path)
-    defaults = {p.name: p.default for p in __import__("inspect").signature(cli.run).parameters.values()}
-    assert defaults["out"] == Path("results/adhoc")
+    monkeypatch.setattr(sweep_module, "plan", plan)
+    result = invoke("sweep", "default")
+    assert result.exit_code == 0, result.output
+    assert planned_into == [Path("runs/default")] and "results: runs/default" in result.output
+    assert "/runs/" in (Path(__file__).parents[1] / ".gitignore").read_text().splitlines()
 
 
 def check(results_dir: Path, baseline: Path):
