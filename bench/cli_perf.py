@@ -90,7 +90,7 @@ def perf(
     """
     from rich.console import Console as StdoutConsole
 
-    from offbench.algorithms import UnknownAlgorithmError, available_algorithms, get_algorithm
+    from offbench.algorithms.registry import UnknownAlgorithmError, available_algorithms, get_algorithm
     from offbench.bench.perf import benchmark, render
     from offbench.bench.perf.measure import device_slug
     from offbench.bench.perf.updates import PRDC_DATASET

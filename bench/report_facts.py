@@ -169,8 +169,8 @@ def hyperparameters(runs: pd.DataFrame) -> pd.DataFrame:
     otherwise (the suite or command line set it), and ``default`` else. Rows without ``hparams`` (older
     schemas) are left out.
     """
-    from offbench.algorithms import get_algorithm
     from offbench.algorithms.config import published_override
+    from offbench.algorithms.registry import get_algorithm
 
     rows = []
     configs = runs.dropna(subset=["hparams"]).drop_duplicates(["method", "dataset"])

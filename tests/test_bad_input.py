@@ -19,8 +19,8 @@ import pytest
 from minari.data_collector import EpisodeBuffer
 from typer.testing import CliRunner
 
-from offbench.algorithms import available_algorithms, get_algorithm
 from offbench.algorithms.config import field_range, numeric_fields, resolve_config
+from offbench.algorithms.registry import available_algorithms, get_algorithm
 from offbench.bench.cli import app
 from offbench.datasets.d4rl_hdf5 import write_d4rl_hdf5
 

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offbench.algorithms import available_algorithms, get_algorithm, sampling
+from offbench.algorithms import sampling
+from offbench.algorithms.registry import available_algorithms, get_algorithm
 from offbench.bench import results
 from offbench.bench import train as train_module
 from offbench.bench.engine import (
@@ -392,7 +393,8 @@ def test_no_success_signal_gives_nan_rates(hopper_minari):
 
 IQL_THREE_SEEDS = """
 import jax
-from offbench.algorithms import get_algorithm, sampling
+from offbench.algorithms import sampling
+from offbench.algorithms.registry import get_algorithm
 from offbench.bench.perf.updates import random_dataset
 from offbench.bench.engine import init_states, make_train_chunk, seed_keys
 

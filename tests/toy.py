@@ -26,6 +26,7 @@ BATCH = Batch(
     rewards=jnp.array([1.0, 2.0]),
     next_observations=jnp.array([[0.0, 0.0, 1.0], [0.2, 0.2, 0.2]]),
     masks=jnp.array([1.0, 0.0]),  # the second transition is terminal
+    next_actions=jnp.array([[0.25, 0.0], [0.0, 0.25]]),  # a terminal's next action repeats its own
 )
 
 
