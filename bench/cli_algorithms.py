@@ -19,7 +19,7 @@ algorithms_app = typer.Typer(
 # The starting modules ``new`` copies: self-contained versions of built-ins, written against the public
 # contract only, that pass the check.
 STARTERS = {"td3bc": "offbench.algorithms.starter_td3bc"}
-STARTER_NAME = re.compile(r'^NAME = "[^"]*"$', re.M)
+STARTER_NAME = re.compile(r'^NAME = "[^"]*"', re.M)
 
 
 @algorithms_app.callback()

@@ -203,7 +203,9 @@ def plan_jobs(
       or for ``offbench run`` the same method on the same dataset) under another identity are stale:
       they are moved to ``superseded/<time>/``, out of the tables readers load, never deleted.
     - Finished jobs written by another code version: ``on_code_change`` refuses (the default, naming
-      the flags), reruns them (their old rows are superseded) or keeps them beside the new rows.
+      the flags), reruns them (their old rows are superseded) or keeps them beside the new rows. The
+      refusal comes when new rows would join them, and also when a plug-in's own source changed since
+      its rows were written: the same command after an edit must not report the old code's rows.
     - Checkpoints of finished jobs, and of stale ones, are removed; those of jobs to run are resumed
       only when their identity and code version match (:func:`checkpoint.load`).
     """
@@ -230,7 +232,14 @@ def plan_jobs(
         out,
         sum(2 * state_bytes(p.job, described[p.job.dataset, p.job.env_id][1]) + ROW_BYTES for p in todo),
     )
-    if other_code and todo and on_code_change == "refuse":
+    by_name = {p.identity.name: p.job for p in planned}
+    edited_plugins = {
+        name
+        for name in other_code
+        if by_name[name].plugin is not None
+        and not existing[name]["code_version"].endswith(code[name].rpartition("+")[2])
+    }
+    if other_code and (todo or edited_plugins) and on_code_change == "refuse":
         versions = sorted({existing[name]["code_version"] for name in other_code})
         current = sorted({code[name] for name in other_code})
         raise SuiteError(

@@ -250,7 +250,7 @@ def measure_algorithm(
     seconds = statistics.median(seconds_per_call(train_chunk, min_seconds, repeats))
     shape = (num_seeds, cfg.batch_size, network_width(cfg))
     return Measurement(
-        algorithm=name,
+        algorithm=algorithm.name,
         dataset=dataset.spec.id,
         dataset_size=dataset.size,
         warmup_updates=-(-warmup_updates // chunk) * chunk,
