@@ -377,3 +377,14 @@ def test_gather_gives_the_next_action_inside_an_episode_and_repeats_at_its_end(t
     actions = np.asarray(dataset.actions)
     expected = np.stack([actions[1], actions[2], actions[2], actions[4], actions[5], actions[5]])
     np.testing.assert_array_equal(np.asarray(batch.next_actions), expected)
+
+
+def test_the_documented_example_passes_the_check(tmp_path):
+    """About 8 s: the complete example of docs/algorithms.md, as a file plug-in."""
+    page = (ROOT / "docs" / "algorithms.md").read_text()
+    code = page.split("```python\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "my_bc.py"
+    path.write_text(code)
+    _, source = registry.resolve(str(path))
+    report = conformance.check(source, TINY)
+    assert source.name == "my-bc" and report.passed, [str(failure) for failure in report.failures]
