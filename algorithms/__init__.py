@@ -27,6 +27,7 @@ from offbench.algorithms.nets import (
     ValueNetwork,
     first_critic,
     gaussian_log_prob,
+    linear,
     polyak,
     sample_tanh_gaussian,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "GaussianPolicy",
     "TanhGaussianActor",
     "first_critic",
+    "linear",
     "polyak",
     "gaussian_log_prob",
     "sample_tanh_gaussian",
