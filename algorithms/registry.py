@@ -148,6 +148,11 @@ def resolve(reference: str, base: Path | None = None) -> tuple[Algorithm, Algori
     else:
         raise _unknown(reference, points)
     algorithm = load(source)
+    if source.kind == "entry_point" and algorithm.name != reference:
+        raise UnknownAlgorithmError(
+            f"the entry point {reference!r} of {source.distribution} loads an algorithm named "
+            f"{algorithm.name!r}; an entry point's name must be the ALGORITHM.name it loads."
+        )
     check_name(algorithm, source, points)
     return algorithm, dataclasses.replace(source, name=algorithm.name)
 
@@ -176,8 +181,6 @@ def check_name(algorithm: Algorithm, source: AlgorithmSource, points: dict) -> N
             "shadow one. Rename it: ALGORITHM = Algorithm(name=...)."
         )
     point = points.get(algorithm.name)
-    if source.kind == "entry_point" and point is not None and algorithm.name != point.name:
-        raise UnknownAlgorithmError(f"{where}: the entry point and ALGORITHM.name differ.")
     if source.kind != "entry_point" and point is not None and point.module != source.module:
         raise UnknownAlgorithmError(
             f"{where} declares the algorithm {algorithm.name!r}, the name of the installed plug-in "
@@ -241,7 +244,7 @@ def entry_point_source(point: importlib.metadata.EntryPoint) -> AlgorithmSource:
     digest, _, _ = package_digest(module.strip())
     return AlgorithmSource(
         kind="entry_point",
-        name=point.name,
+        name="",  # filled in by ``resolve`` once the module declares it
         module=module.strip(),
         attribute=attribute.strip() or ATTRIBUTE,
         digest=digest,
