@@ -200,7 +200,7 @@ CHECKED = [*registry.builtin_names(), str(REBRAC)]
 
 
 @pytest.mark.parametrize("reference", CHECKED, ids=lambda r: Path(r).stem)
-def test_every_builtin_the_example_and_the_starter_pass_the_check(reference):
+def test_every_builtin_and_the_example_pass_the_check(reference):
     """The contract the engine relies on, for every algorithm offbench ships (5-30 s each on 2 cores,
     compilation dominating): tiny networks, where the rules do not depend on the size."""
     _, source = registry.resolve(reference)
