@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from offbench.bench import cli_perf
+from offbench.bench import cli_algorithms, cli_perf
 from offbench.bench.cli_common import console, fail
 from offbench.bench.cli_datasets import datasets_app
 
@@ -118,7 +118,13 @@ def interrupted(out: Path, names: list[str], command: str) -> None:
 
 @app.command()
 def run(
-    algorithm: Annotated[str, typer.Option(help="Algorithm name, e.g. td3bc, iql, bc.")],
+    algorithm: Annotated[
+        str,
+        typer.Option(
+            help="Algorithm: a built-in (td3bc, iql, bc, ...), an installed plug-in's name, a path to a .py "
+            "file declaring ALGORITHM, or a module (my_package.awr)."
+        ),
+    ],
     dataset: Annotated[
         str,
         typer.Option(
@@ -170,11 +176,12 @@ def run(
     (moved to OUT/superseded/)."""
     import pandas as pd
 
-    from offbench.algorithms import UnknownAlgorithmError, get_algorithm
+    from offbench.algorithms.registry import UnknownAlgorithmError, resolve
     from offbench.bench import results
     from offbench.bench.suite import LABEL, SuiteError
-    from offbench.bench.sweep import OutputError, plan_jobs, run_and_write, same_slot
-    from offbench.bench.train import Job, resolve
+    from offbench.bench.sweep import OutputError, check_plugins, plan_jobs, run_and_write, same_slot
+    from offbench.bench.train import Job
+    from offbench.bench.train import resolve as resolve_job
     from offbench.datasets import provision
     from offbench.datasets.dataset import DatasetError
     from offbench.datasets.sources import load_dataset
@@ -184,7 +191,7 @@ def run(
     if sampler is not None:
         overrides = (*[item for item in overrides if item[0] != "sampler"], ("sampler", sampler))
     try:
-        get_algorithm(algorithm)
+        declared, origin = resolve(algorithm)
         if label is not None and not LABEL.match(label):
             raise ValueError(f"label {label!r} must be letters, digits, '_', '.' or '-', starting with one.")
         results.check_output_dir(out)
@@ -193,7 +200,7 @@ def run(
         if final_k is None:
             final_k = min(3, -(-steps // eval_every)) if steps > 0 and eval_every > 0 else 3
         job = Job(
-            algorithm=algorithm,
+            algorithm=declared.name,
             dataset=dataset,
             seeds=seed_values,
             steps=steps,
@@ -205,8 +212,10 @@ def run(
             download=download,
             label=label,
             log_every=log_every,
+            plugin=None if origin.kind == "builtin" else origin,
         )
-        resolve(job)  # validates the hyper-parameters before the (slower) dataset load
+        check_plugins([job])
+        resolve_job(job)  # validates the hyper-parameters before the (slower) dataset load
         # As a sweep does: a missing id offbench can generate is generated, a remote one downloaded
         # with --download. An npz file's task may come from --env here, which the loader checks.
         with console.status(f"preparing {escape(dataset)}"):
@@ -225,8 +234,9 @@ def run(
         console.print(f"already finished: {name} (rows in {out}); nothing to run.", markup=False)
     else:
         console.print(
-            f"[bold]{algorithm}[/] on [bold]{escape(data.spec.id)}[/]: {data.size:,} transitions, "
-            f"{data.num_episodes:,} episodes, seeds {list(seed_values)}, {steps:,} updates each"
+            f"[bold]{escape(declared.name)}[/] on [bold]{escape(data.spec.id)}[/]: "
+            f"{data.size:,} transitions, {data.num_episodes:,} episodes, seeds {list(seed_values)}, "
+            f"{steps:,} updates each"
         )
         if not data.spec.has_reference_scores:
             console.print(
@@ -469,15 +479,7 @@ def upgrade(
 
 
 cli_perf.register(app)
-
-
-@app.command("algorithms")
-def list_algorithms() -> None:
-    """List the registered algorithms."""
-    from offbench.algorithms import available_algorithms
-
-    for name in available_algorithms():
-        print(name)
+app.add_typer(cli_algorithms.algorithms_app, name="algorithms")
 
 
 app.add_typer(datasets_app, name="datasets")
