@@ -30,7 +30,6 @@ from offbench.datasets.generate.rollout import write_minari
 from offbench.datasets.minari_data import minari_datasets_path
 
 runner = CliRunner()
-README = Path(__file__).resolve().parent.parent / "README.md"
 TIMING = ["wall_time_s", "train_seconds", "compile_seconds", "eval_seconds", "updates_per_second_per_seed"]
 SMALL = "{ hidden_dims = [8], batch_size = 16 }"
 
@@ -322,13 +321,6 @@ def test_every_row_carries_its_provenance(finished):
             assert frame[column].notna().all(), (table, column)
         assert frame["git_dirty"].isin([True, False]).all()
         assert re.fullmatch(r"cpu: .+ \(\d+ cores\)", frame["device"].iloc[0])
-
-
-def test_the_readme_documents_every_column():
-    readme = README.read_text()
-    schema_section = readme[readme.index("### Results schema") :]
-    for name in results.COLUMN_DOCS:
-        assert f"`{name}`" in schema_section, name
 
 
 def test_a_saved_policy_reproduces_the_jobs_last_evaluation(finished):
