@@ -243,14 +243,42 @@ def sweep(
         bool, typer.Option("--download", help="Fetch the suite's missing remote Minari ids (needs internet).")
     ] = False,
     on_code_change: Annotated[str, typer.Option(help=CODE_CHANGE_HELP)] = "refuse",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Local executor: jobs run at once, each in its own process with its share of the cores "
+            "(default: one per core on a CPU, one on a GPU; 1 runs them one after another in this process)."
+        ),
+    ] = None,
+    cpus_per_job: Annotated[
+        float, typer.Option(help="Ray executor: CPUs each job's task asks for (XLA's threads follow it).")
+    ] = 1.0,
+    gpus_per_job: Annotated[
+        float,
+        typer.Option(
+            help="Ray executor: GPUs each job's task asks for; a fraction shares one GPU between jobs (0.5: "
+            "two per GPU). The workers need offbench\\[cuda12] (pip install 'offbench\\[cuda12]')."
+        ),
+    ] = 0.0,
 ) -> None:
     """Run every job of a suite (seeds vmapped inside each job). Reruns skip finished jobs, resume
     interrupted ones, and rerun exactly the jobs a changed suite changed."""
+    from offbench.bench.ray_executor import Resources
     from offbench.bench.suite import SuiteError, load_suite
     from offbench.bench.sweep import SweepStopped, check_executor, execute, plan
 
     try:
         check_executor(executor)
+        resources = Resources(cpus_per_job, gpus_per_job)
+        if executor == "local" and (cpus_per_job != 1.0 or gpus_per_job != 0.0):
+            raise SuiteError(
+                "--cpus-per-job and --gpus-per-job are Ray task requests: use them with --executor ray "
+                "(the local executor splits the cores by --workers)."
+            )
+        if workers is not None and workers < 1:
+            raise SuiteError(f"--workers must be at least 1, got {workers}.")
+        if workers is not None and executor != "local":
+            raise SuiteError("--workers is for the local executor; Ray runs one task per job on its own.")
         suite_spec = load_suite(suite)
         out = out or Path("results") / suite_spec.name
         with console.status("validating the suite and preparing datasets"):
@@ -268,11 +296,19 @@ def sweep(
     try:
         if executor == "local":
             with Progress(*progress_columns("detail"), console=console) as progress:
-                summary = execute(planned, out, executor, address, progress, log)
+                summary = execute(planned, out, executor, address, progress, log, workers)
         else:
-            summary = execute(planned, out, executor, address, None, log)
+            summary = execute(planned, out, executor, address, None, log, None, resources, download)
+            for name, placed in summary.placements.items():
+                resumed = placed["resumed_from"]
+                log(
+                    f"{name}: ran on node {placed['node']}"
+                    + (f", resumed from update {resumed:,}" if resumed else "")
+                    + (f", device {placed['device']}" if placed.get("device") else "")
+                )
     except KeyboardInterrupt:
-        interrupted(out, [p.identity.name for p in planned.todo], f"offbench sweep {suite} --out {out}")
+        again = f"offbench sweep {suite} --out {out}" + (f" --workers {workers}" if workers else "")
+        interrupted(out, [p.identity.name for p in planned.todo], again)
     except SweepStopped as error:
         console.print(f"[bold red]error:[/] {escape(str(error))}")
         raise typer.Exit(code=1) from None
