@@ -307,11 +307,18 @@ def sweep(
                     + (f", device {placed['device']}" if placed.get("device") else "")
                 )
     except KeyboardInterrupt:
-        again = f"offbench sweep {suite} --out {out}" + (f" --workers {workers}" if workers else "")
+        options = [f"--workers {workers}"] if workers else []
+        if executor == "ray":
+            options += ["--executor ray", *([f"--address {address}"] if address else [])]
+            options += [f"--cpus-per-job {cpus_per_job:g}", f"--gpus-per-job {gpus_per_job:g}"]
+        options += ["--download"] if download else []
+        again = " ".join([f"offbench sweep {suite} --out {out}", *options])
         interrupted(out, [p.identity.name for p in planned.todo], again)
     except SweepStopped as error:
         console.print(f"[bold red]error:[/] {escape(str(error))}")
         raise typer.Exit(code=1) from None
+    except SuiteError as error:  # the Ray executor refuses what it cannot send to its workers
+        fail(str(error))
     console.print(
         f"finished {len(summary.finished)} jobs, skipped {summary.skipped}, failed {len(summary.failed)}"
     )

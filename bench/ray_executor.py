@@ -73,6 +73,8 @@ class Resources:
         """Ray's options for a task of this size: the request, retries on a lost node, and the
         environment that sizes XLA's threads (and JAX's share of a GPU) to it."""
         environment = thread_environment(max(1, int(self.cpus)), {})
+        if self.gpus > 0:  # the node's own XLA_FLAGS (GPU settings) stay; the CPU thread flags do not matter
+            del environment["XLA_FLAGS"]
         if 0 < self.gpus < 1:
             environment["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{JAX_GPU_MEMORY_FRACTION * self.gpus:.3f}"
         return {

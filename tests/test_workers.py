@@ -14,9 +14,12 @@ import tomllib
 from pathlib import Path
 
 import pandas as pd
+import pytest
+from typer.testing import CliRunner
 
 from offbench.bench import results
 from offbench.bench import workers as workers_module
+from offbench.bench.cli import app
 from offbench.bench.suite import parse_suite
 from offbench.bench.sweep import sweep
 
@@ -177,3 +180,18 @@ def test_a_worker_gets_its_share_of_xlas_threads():
     assert workers_module.thread_shares(2, 2) == [1, 1]
     assert workers_module.thread_shares(3, 8) == [3, 3, 2]
     assert workers_module.thread_shares(4, 2) == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--workers", "0"], "--workers must be at least 1, got 0."),
+        (["--workers", "2", "--executor", "ray"], "--workers is for the local executor"),
+        (["--gpus-per-job", "0.5"], "--cpus-per-job and --gpus-per-job are Ray task requests"),
+        (["--executor", "ray", "--gpus-per-job", "1.5"], "--gpus-per-job above 1 must be a whole number"),
+    ],
+)
+def test_bad_scaling_options_are_refused_in_one_line_before_anything_runs(tmp_path, options, message):
+    result = CliRunner().invoke(app, ["sweep", "ci", "--out", str(tmp_path / "out"), *options])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "out").exists()
