@@ -122,7 +122,7 @@ class Cluster:
             if pid not in found:
                 found.add(pid)
                 queue += children(pid)
-        return sorted(pid for pid in found if alive(pid))
+        return sorted(pid for pid in found if alive(pid) and pid != os.getpid())
 
     def raylet(self, folder: Path) -> int:
         (pid,) = [pid for pid in self.processes(folder) if "/raylet/raylet " in command_line(pid)]
