@@ -2,7 +2,10 @@
 
 Each job runs in a fresh interpreter (``python -m offbench.bench.workers``: JAX is not fork-safe), started
 with XLA's intra-op threads set to its share of the cores (:func:`thread_environment`), and writes its
-rows, policy and checkpoints under the output directory exactly as a sequential sweep does. The parent
+rows, policy and checkpoints under the output directory exactly as a sequential sweep does. XLA splits
+some operations by its thread pool's size, so a worker with fewer threads than a sequential sweep's
+process agrees with its rows to float rounding, and bit for bit only where nothing is split (small
+networks); docs/scaling.md has the measurements. The parent
 sends the job down the child's stdin and reads one JSON event a line back (chunk progress, log lines, the
 outcome); everything else the child prints goes to a log file, whose tail a failure record keeps.
 
