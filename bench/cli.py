@@ -250,6 +250,14 @@ def sweep(
             "(default: one per core on a CPU, one on a GPU; 1 runs them one after another in this process)."
         ),
     ] = None,
+    threads_per_worker: Annotated[
+        int | None,
+        typer.Option(
+            help="With --workers: XLA threads of each worker (default: its share of the cores). XLA splits "
+            "some operations by its thread count, so rows equal a one-process sweep's bit for bit only with "
+            "as many threads as that process has (the usable cores); with fewer they agree to float rounding."
+        ),
+    ] = None,
     cpus_per_job: Annotated[
         float, typer.Option(help="Ray executor: CPUs each job's task asks for (XLA's threads follow it).")
     ] = 1.0,
@@ -277,6 +285,8 @@ def sweep(
             )
         if workers is not None and workers < 1:
             raise SuiteError(f"--workers must be at least 1, got {workers}.")
+        if threads_per_worker is not None and threads_per_worker < 1:
+            raise SuiteError(f"--threads-per-worker must be at least 1, got {threads_per_worker}.")
         if workers is not None and executor != "local":
             raise SuiteError("--workers is for the local executor; Ray runs one task per job on its own.")
         suite_spec = load_suite(suite)
@@ -296,7 +306,16 @@ def sweep(
     try:
         if executor == "local":
             with Progress(*progress_columns("detail"), console=console) as progress:
-                summary = execute(planned, out, executor, address, progress, log, workers)
+                summary = execute(
+                    planned,
+                    out,
+                    executor,
+                    address,
+                    progress,
+                    log,
+                    workers,
+                    threads_per_worker=threads_per_worker,
+                )
         else:
             summary = execute(planned, out, executor, address, None, log, None, resources, download)
             for name, placed in summary.placements.items():
@@ -308,6 +327,7 @@ def sweep(
                 )
     except KeyboardInterrupt:
         options = [f"--workers {workers}"] if workers else []
+        options += [f"--threads-per-worker {threads_per_worker}"] if threads_per_worker else []
         if executor == "ray":
             options += ["--executor ray", *([f"--address {address}"] if address else [])]
             options += [f"--cpus-per-job {cpus_per_job:g}", f"--gpus-per-job {gpus_per_job:g}"]

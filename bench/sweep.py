@@ -421,6 +421,7 @@ def execute(
     workers: int | None = 1,
     resources: Any | None = None,
     download: bool = False,
+    threads_per_worker: int | None = None,
 ) -> SweepSummary:
     """Run a plan's jobs on ``executor``: local (one after another in this process, or ``workers`` at once
     in child processes; None picks by :func:`resolve_workers`), or ray (one Ray task per job asking for
@@ -433,7 +434,7 @@ def execute(
         if workers > 1 and len(planned.todo) > 1:
             from offbench.bench.workers import run_parallel
 
-            finished, failed = run_parallel(planned.todo, out, workers, progress, log)
+            finished, failed = run_parallel(planned.todo, out, workers, progress, log, threads_per_worker)
         else:
             finished, failed = run_local(planned.todo, out, progress, log)
     elif planned.todo:
@@ -459,8 +460,11 @@ def sweep(
     log: Callable[[str], None] = print,
     workers: int | None = 1,
     resources: Any | None = None,
+    threads_per_worker: int | None = None,
 ) -> SweepSummary:
     planned = plan(suite, out, download, on_code_change)
     for message in planned.messages:
         log(message)
-    return execute(planned, out, executor, address, progress, log, workers, resources, download)
+    return execute(
+        planned, out, executor, address, progress, log, workers, resources, download, threads_per_worker
+    )

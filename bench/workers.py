@@ -22,6 +22,7 @@ pay for it either when it only starts workers.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import os
@@ -106,7 +107,7 @@ def start_worker(planned: PlannedJob, out: Path, threads: int, log_path: Path) -
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log_file,
-            env=thread_environment(threads),
+            env=thread_environment(threads) | {PARENT_ENV: str(os.getpid())},
             process_group=0,  # Ctrl-C reaches the parent only, which interrupts the children itself
         )
     assert process.stdin is not None
@@ -161,13 +162,19 @@ def run_parallel(
     workers: int,
     progress: Any | None = None,
     log: Callable[[str], None] = print,
+    threads_per_worker: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """Run ``jobs`` in up to ``workers`` child processes at once; returns (finished names, failed name ->
-    message), like the sequential executor."""
+    message), like the sequential executor. Each worker's XLA threads: ``threads_per_worker``, or by
+    default its share of the usable cores (:func:`thread_shares`)."""
     from offbench.bench.sweep import JobFailed, record_or_stop
 
     workers = max(1, min(workers, len(jobs)))
-    threads = thread_shares(workers, usable_cores())
+    threads = (
+        [threads_per_worker] * workers
+        if threads_per_worker is not None
+        else thread_shares(workers, usable_cores())
+    )
     events: queue.Queue = queue.Queue()
     waiting, running = list(jobs), {}
     finished, failed = [], {}
@@ -255,7 +262,24 @@ def child_main(stdin: IO[bytes], protocol: IO[str]) -> int:
     return 0
 
 
+# The parent's process id, set in a child's environment: a child whose parent is gone exits.
+PARENT_ENV = "OFFBENCH_WORKER_PARENT"
+
+
+def die_with_parent() -> None:
+    """Have Linux kill this child when its parent dies (``PR_SET_PDEATHSIG``), so a killed sweep leaves no
+    worker writing into its output while the rerun resumes the same job; exit now if it is already gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(os.environ.get(PARENT_ENV, os.getppid())):
+        sys.exit(1)
+
+
+PR_SET_PDEATHSIG = 1
+
+
 def main() -> None:
+    die_with_parent()
     # The events go to the real stdout; anything else printed (libraries' notices) goes to stderr, the log.
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

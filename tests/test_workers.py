@@ -136,7 +136,13 @@ def test_ctrl_c_stops_every_worker_keeps_checkpoints_and_prints_the_resume_line(
     command = [sys.executable, "-m", "offbench.bench.cli", "sweep", str(suite_file), "--out", str(out)]
     env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root), "COLUMNS": "300"}
     sweeper = subprocess.Popen(
-        [*command, "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*command, "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # A shell's background job ignores SIGINT, and its children inherit that: Ctrl-C must reach it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     while len(list(out.glob("checkpoints/*/progress.json"))) < 2 and time.monotonic() < deadline:
@@ -187,6 +193,7 @@ def test_a_worker_gets_its_share_of_xlas_threads():
     [
         (["--workers", "0"], "--workers must be at least 1, got 0."),
         (["--workers", "2", "--executor", "ray"], "--workers is for the local executor"),
+        (["--workers", "2", "--threads-per-worker", "0"], "--threads-per-worker must be at least 1, got 0."),
         (["--gpus-per-job", "0.5"], "--cpus-per-job and --gpus-per-job are Ray task requests"),
         (["--executor", "ray", "--gpus-per-job", "1.5"], "--gpus-per-job above 1 must be a whole number"),
     ],
