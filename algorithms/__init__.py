@@ -1,28 +1,70 @@
-"""Offline-RL algorithms. Each module reads top to bottom: Config, networks, init, update, act, and ends
-with its declaration, ``ALGORITHM = Algorithm(...)``: everything the training engine needs to know of
-it, stated explicitly. Register a new algorithm by adding its module to ``REGISTRY``.
+"""Offline-RL algorithms, and the public contract every algorithm is written against.
+
+An algorithm is one module that reads top to bottom: Config, networks, init, update, act, and ends with
+its declaration, ``ALGORITHM = Algorithm(...)``: everything the training engine needs to know of it,
+stated explicitly. The built-in algorithms (``bc``, ``td3bc``, ``iql``, ...) and plug-ins (a file, an
+importable module, or an installed package's ``offbench.algorithms`` entry point) follow the same
+contract, and the engine does not tell them apart. ``offbench algorithms check`` tests a module against it.
+
+What a module may import from offbench is listed in ``__all__`` below and documented in
+docs/algorithms.md; everything else in the package is internal and may change.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable
 from typing import Any
 
-from offbench.hints import suggest
+from offbench.algorithms.config import BaseConfig, DatasetOverrides, bounded
+from offbench.algorithms.nets import (
+    MLP,
+    CriticEnsemble,
+    Dense,
+    DeterministicActor,
+    GaussianPolicy,
+    TanhGaussianActor,
+    ValueNetwork,
+    first_critic,
+    gaussian_log_prob,
+    linear,
+    polyak,
+    sample_tanh_gaussian,
+)
+from offbench.algorithms.optim import adam
+from offbench.algorithms.optim import step as optimizer_step
+from offbench.algorithms.sampling import Batch, ChunkBatch, TrainingData
+from offbench.datasets.dataset import Dataset, DatasetSpec
 
-REGISTRY: dict[str, str] = {
-    "bc": "offbench.algorithms.bc",
-    "td3bc": "offbench.algorithms.td3bc",
-    "iql": "offbench.algorithms.iql",
-    "a2pr": "offbench.algorithms.a2pr",
-    "prdc": "offbench.algorithms.prdc",
-    "cql": "offbench.algorithms.cql",
-    "dqc": "offbench.algorithms.dqc",
-}
-
-DatasetOverrides = tuple[tuple[str, dict[str, Any]], ...]
+__all__ = [
+    # the declaration and the configuration
+    "Algorithm",
+    "BaseConfig",
+    "bounded",
+    "DatasetOverrides",
+    # what init, update and shared_arrays receive
+    "Batch",
+    "ChunkBatch",
+    "Dataset",
+    "DatasetSpec",
+    "TrainingData",
+    # the shared networks and helpers
+    "Dense",
+    "MLP",
+    "DeterministicActor",
+    "CriticEnsemble",
+    "ValueNetwork",
+    "GaussianPolicy",
+    "TanhGaussianActor",
+    "first_critic",
+    "linear",
+    "polyak",
+    "gaussian_log_prob",
+    "sample_tanh_gaussian",
+    # the optimiser and one step of it
+    "adam",
+    "optimizer_step",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +72,10 @@ class Algorithm:
     """An algorithm as the engine sees it.
 
     ``init(key, dataset, cfg) -> state``; ``update(state, batch, key, cfg) -> (state, metrics)``, with
-    ``shared=`` added when ``shared_arrays`` is declared; ``act(state, observations, cfg) -> actions``,
-    with a key added when ``act_needs_key``. ``Config`` is a frozen dataclass subclassing ``BaseConfig``
-    and the state a pytree with a ``step`` field.
+    ``shared=`` added when ``shared_arrays`` is declared; ``act(state, observations, cfg) -> actions``
+    ([B, act], or [B, H, act] chunks executed open-loop), with a key added when ``act_needs_key``.
+    ``Config`` is a frozen dataclass subclassing ``BaseConfig`` and the state a pytree with a scalar
+    ``step`` field, shared by the seeds of a job.
     """
 
     name: str
@@ -49,20 +92,3 @@ class Algorithm:
     act_needs_key: bool = False
     # Training batches of H-step windows instead of transitions (action chunks): H from the config.
     batch_horizon: Callable[[Any], int] | None = None
-
-
-class UnknownAlgorithmError(ValueError):
-    pass
-
-
-def get_algorithm(name: str) -> Algorithm:
-    if name not in REGISTRY:
-        raise UnknownAlgorithmError(
-            f"unknown algorithm {name!r}.{suggest(name, list(REGISTRY))} "
-            f"Available: {', '.join(sorted(REGISTRY))}."
-        )
-    return importlib.import_module(REGISTRY[name]).ALGORITHM
-
-
-def available_algorithms() -> list[str]:
-    return sorted(REGISTRY)

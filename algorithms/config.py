@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -127,10 +128,18 @@ def field_range(config_type: type, name: str) -> Range | None:
     return None
 
 
+def owner(config_type: type) -> str:
+    """The name of the algorithm a config belongs to, for messages: its module's declared name (a plug-in
+    file is loaded under a generated module name), else the module's last part."""
+    declaration = getattr(sys.modules.get(config_type.__module__), "ALGORITHM", None)
+    name = getattr(declaration, "name", None)
+    return name if isinstance(name, str) else config_type.__module__.rsplit(".", 1)[-1]
+
+
 def check_ranges(config_type: type, values: Mapping[str, Any]) -> None:
     """Refuse NaN, infinities and values outside each numeric field's declared range; fields missing from
     ``values`` take their defaults."""
-    algorithm = config_type.__module__.rsplit(".", 1)[-1]
+    algorithm = owner(config_type)
     hints = typing.get_type_hints(config_type)
     fields = config_fields(config_type)
     for name in numeric_fields(config_type):
@@ -177,7 +186,7 @@ def resolve_config(
     for key, value in (user_overrides or {}).items():
         if key not in fields:
             raise ValueError(
-                f"{config_type.__module__.rsplit('.', 1)[-1]} has no hyper-parameter {key!r}."
+                f"{owner(config_type)} has no hyper-parameter {key!r}."
                 f"{suggest(key, list(fields))} Known: {', '.join(sorted(fields))}."
             )
         values[key] = coerce(value, fields[key], key)

@@ -61,6 +61,9 @@ class Batch:
     next_observations: jax.Array
     # 1 - terminal: bootstrap everywhere except at true ends (timeouts still bootstrap).
     masks: jax.Array
+    # a_{t+1}, the dataset's action at ``next_observations`` (ReBRAC's critic penalty). The last row of an
+    # episode has none in the data: there it repeats ``actions``, as padded action chunks do.
+    next_actions: jax.Array
 
 
 @flax.struct.dataclass
@@ -295,12 +298,21 @@ def sample_indices(data: TrainingData, key: jax.Array, batch_size: int) -> jax.A
 
 
 def gather(dataset: Dataset, indices: jax.Array) -> Batch:
+    """The transitions at ``indices``. Fields an update never reads (``next_actions`` for most) are
+    removed from the jitted program by XLA, so they cost nothing."""
+    following = jnp.minimum(indices + 1, dataset.rewards.shape[0] - 1)
+    has_next = (
+        ~(dataset.terminals[indices] | dataset.timeouts[indices])
+        & (dataset.episode_id[following] == dataset.episode_id[indices])
+        & (following != indices)
+    )
     return Batch(
         observations=dataset.observations[indices],
         actions=dataset.actions[indices],
         rewards=dataset.rewards[indices],
         next_observations=dataset.next_observations[indices],
         masks=1.0 - dataset.terminals[indices].astype(jnp.float32),
+        next_actions=jnp.where(has_next[:, None], dataset.actions[following], dataset.actions[indices]),
     )
 
 

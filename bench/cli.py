@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from offbench.bench import cli_perf
+from offbench.bench import cli_algorithms, cli_perf
 from offbench.bench.cli_common import console, fail
 from offbench.bench.cli_datasets import datasets_app
 
@@ -27,6 +27,37 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="offbench: JAX offline-RL benchmarks with vmapped seeds and tidy parquet results.",
 )
+
+
+def show_version(value: bool) -> None:
+    """``--version``: the package version, and the code version that rows written now record."""
+    if not value:
+        return
+    from offbench.bench.provenance import code_version
+
+    code = code_version()
+    if code["git_sha"] is None:
+        origin = "installed package, no git checkout"
+    else:
+        origin = f"git {code['git_sha']}" + (", uncommitted changes" if code["git_dirty"] else "")
+    print(f"offbench {code['offbench_version']}")
+    print(f"code version {code['code_version']} ({origin})")
+    raise typer.Exit()
+
+
+@app.callback()
+def offbench(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=show_version,
+            is_eager=True,
+            help="Print the package version and the code version results rows record, and exit.",
+        ),
+    ] = False,
+) -> None:
+    """The options given before a command (``--version``)."""
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -48,6 +79,12 @@ def parse_hparams(items: list[str]) -> tuple[tuple[str, str], ...]:
         parsed.append((name.strip(), value.strip()))
     return tuple(parsed)
 
+
+# Where `run` and `sweep` write without --out: a folder of the working directory that git ignores, not
+# results/, which holds only the committed reference runs (a suite swept there by default would skip, or with
+# --on-code-change move, their rows). Not build/ either: a sweep's rows can cost hours, and build/ is what
+# `python -m build`, `make test` and `make bench` treat as disposable.
+LOCAL_RUNS = Path("runs")
 
 CODE_CHANGE_HELP = (
     "What to do with finished jobs in the output directory written by other code: refuse (stop and say "
@@ -81,7 +118,13 @@ def interrupted(out: Path, names: list[str], command: str) -> None:
 
 @app.command()
 def run(
-    algorithm: Annotated[str, typer.Option(help="Algorithm name, e.g. td3bc, iql, bc.")],
+    algorithm: Annotated[
+        str,
+        typer.Option(
+            help="Algorithm: a built-in (td3bc, iql, bc, ...), an installed plug-in's name, a path to a .py "
+            "file declaring ALGORITHM, or a module (my_package.awr)."
+        ),
+    ],
     dataset: Annotated[
         str,
         typer.Option(
@@ -111,9 +154,9 @@ def run(
     label: Annotated[
         str | None, typer.Option(help="Method name in the results (default: the algorithm's name).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Results directory (evals/, runs/, metrics/, policies/).")] = Path(
-        "results/adhoc"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Results directory (evals/, runs/, metrics/, policies/).")
+    ] = LOCAL_RUNS / "adhoc",
     hparam: Annotated[
         list[str], typer.Option("--hparam", "-p", help="Override a hyper-parameter: name=value (repeatable).")
     ] = [],  # noqa: B006
@@ -133,11 +176,13 @@ def run(
     (moved to OUT/superseded/)."""
     import pandas as pd
 
-    from offbench.algorithms import UnknownAlgorithmError, get_algorithm
+    from offbench.algorithms.registry import UnknownAlgorithmError, resolve
     from offbench.bench import results
     from offbench.bench.suite import LABEL, SuiteError
-    from offbench.bench.sweep import OutputError, plan_jobs, run_and_write, same_slot
-    from offbench.bench.train import Job, resolve
+    from offbench.bench.sweep import OutputError, check_plugins, plan_jobs, run_and_write, same_slot
+    from offbench.bench.train import Job
+    from offbench.bench.train import resolve as resolve_job
+    from offbench.datasets import provision
     from offbench.datasets.dataset import DatasetError
     from offbench.datasets.sources import load_dataset
 
@@ -146,7 +191,7 @@ def run(
     if sampler is not None:
         overrides = (*[item for item in overrides if item[0] != "sampler"], ("sampler", sampler))
     try:
-        get_algorithm(algorithm)
+        declared, origin = resolve(algorithm)
         if label is not None and not LABEL.match(label):
             raise ValueError(f"label {label!r} must be letters, digits, '_', '.' or '-', starting with one.")
         results.check_output_dir(out)
@@ -155,7 +200,7 @@ def run(
         if final_k is None:
             final_k = min(3, -(-steps // eval_every)) if steps > 0 and eval_every > 0 else 3
         job = Job(
-            algorithm=algorithm,
+            algorithm=declared.name,
             dataset=dataset,
             seeds=seed_values,
             steps=steps,
@@ -167,8 +212,15 @@ def run(
             download=download,
             label=label,
             log_every=log_every,
+            plugin=None if origin.kind == "builtin" else origin,
         )
-        resolve(job)  # validates the hyper-parameters before the (slower) dataset load
+        check_plugins([job])
+        resolve_job(job)  # validates the hyper-parameters before the (slower) dataset load
+        # As a sweep does: a missing id offbench can generate is generated, a remote one downloaded
+        # with --download. An npz file's task may come from --env here, which the loader checks.
+        with console.status(f"preparing {escape(dataset)}"):
+            available = provision.available_dataset_ids()
+            provision.ensure_datasets([dataset], available, download, npz_named_by_task=False)
         with console.status(f"loading {escape(dataset)}"):
             data = load_dataset(dataset, env_id=env, download=download)
             planned = plan_jobs([job], out, same_slot(job), on_code_change, datasets={dataset: data})
@@ -182,8 +234,9 @@ def run(
         console.print(f"already finished: {name} (rows in {out}); nothing to run.", markup=False)
     else:
         console.print(
-            f"[bold]{algorithm}[/] on [bold]{escape(data.spec.id)}[/]: {data.size:,} transitions, "
-            f"{data.num_episodes:,} episodes, seeds {list(seed_values)}, {steps:,} updates each"
+            f"[bold]{escape(declared.name)}[/] on [bold]{escape(data.spec.id)}[/]: "
+            f"{data.size:,} transitions, {data.num_episodes:,} episodes, seeds {list(seed_values)}, "
+            f"{steps:,} updates each"
         )
         if not data.spec.has_reference_scores:
             console.print(
@@ -236,7 +289,7 @@ def sweep(
     suite: Annotated[
         str, typer.Argument(help="Built-in suite name (default, ci, ...) or a suite TOML file.")
     ],
-    out: Annotated[Path | None, typer.Option(help="Output directory (default: results/<suite>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: runs/<suite>).")] = None,
     executor: Annotated[str, typer.Option(help="local, or ray for one Ray task per job.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
     download: Annotated[
@@ -290,7 +343,7 @@ def sweep(
         if workers is not None and executor != "local":
             raise SuiteError("--workers is for the local executor; Ray runs one task per job on its own.")
         suite_spec = load_suite(suite)
-        out = out or Path("results") / suite_spec.name
+        out = out or LOCAL_RUNS / suite_spec.name
         with console.status("validating the suite and preparing datasets"):
             planned = plan(suite_spec, out, download, on_code_change)
     except (SuiteError, ValueError) as error:
@@ -420,11 +473,21 @@ def check(
         bool,
         typer.Option("--write-baseline", help="Write BASELINE from the results' runs instead of checking."),
     ] = False,
-    alpha: Annotated[float, typer.Option(help="One-sided test level per pair.")] = 0.05,
+    alpha: Annotated[
+        float, typer.Option(help="False-alarm rate of the whole verdict (Holm's step-down over the pairs).")
+    ] = 0.05,
     abs_tol: Annotated[float, typer.Option(help="Smallest allowed drop, in score (or return) units.")] = 1.0,
     rel_tol: Annotated[
         float, typer.Option(help="Smallest allowed drop, as a fraction of the baseline mean.")
     ] = 0.02,
+    require_same_data: Annotated[
+        bool,
+        typer.Option(
+            "--require-same-data",
+            help="Also fail when a dataset's contents (fingerprint) differ from the baseline's, naming the "
+            "recorded facts that differ: a fresh machine must regenerate the baseline's data.",
+        ),
+    ] = False,
 ) -> None:
     """Fail (exit 1) when final scores regress beyond seed noise relative to a baseline."""
     from rich.console import Console as StdoutConsole
@@ -443,13 +506,21 @@ def check(
     # The verdict table is the command's output, so it goes to stdout (CI logs), wide enough not to wrap.
     stdout = StdoutConsole(width=160, highlight=False)
     stdout.print(checking.verdict_table(pairs))
-    for note in notes:
+    for note in [*notes, checking.family_note(pairs, alpha)]:
         stdout.print(note, markup=False)
     failures = [pair for pair in pairs if pair.failed]
     for pair in failures:
         console.print(f"[red]✗[/] {escape(pair.explanation())}", highlight=False)
-    if failures:
-        console.print(f"[bold red]check failed:[/] {len(failures)} of {len(pairs)} pairs.")
+    other_data = checking.compare_fingerprints(current, reference)[1] if require_same_data else []
+    for dataset in other_data:
+        console.print(
+            f"[red]✗[/] {escape(dataset)}: other contents than the baseline's "
+            f"({escape(checking.generation_difference(dataset, current, reference))}).",
+            highlight=False,
+        )
+    if failures or other_data:
+        data = f", {len(other_data)} dataset(s) with other contents" if other_data else ""
+        console.print(f"[bold red]check failed:[/] {len(failures)} of {len(pairs)} pairs{data}.")
         raise typer.Exit(code=1)
     console.print(f"[green]check passed:[/] {len(pairs)} pairs.")
 
@@ -471,15 +542,7 @@ def upgrade(
 
 
 cli_perf.register(app)
-
-
-@app.command("algorithms")
-def list_algorithms() -> None:
-    """List the registered algorithms."""
-    from offbench.algorithms import available_algorithms
-
-    for name in available_algorithms():
-        print(name)
+app.add_typer(cli_algorithms.algorithms_app, name="algorithms")
 
 
 app.add_typer(datasets_app, name="datasets")

@@ -177,6 +177,7 @@ def datasets_info(
     from offbench.datasets import quality
     from offbench.datasets.dataset import DatasetError
     from offbench.datasets.generate import catalog
+    from offbench.datasets.generate.storage import read_generation_record
     from offbench.datasets.sources import load_dataset
 
     try:
@@ -186,3 +187,8 @@ def datasets_info(
     catalog.complete_quality(dataset)  # generated data whose metrics a killed generation never wrote
     for key, value in {**data.summary(), **(quality.read_quality(dataset) or {})}.items():
         print(f"{key:28s} {value}")
+    generation = read_generation_record(dataset)
+    if generation is not None:
+        print("generated with")
+        for key, value in generation.items():
+            print(f"  {key:26s} {value}")

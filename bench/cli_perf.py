@@ -23,7 +23,13 @@ EPILOG = (
 
 def perf(
     algorithm: Annotated[
-        list[str], typer.Option("--algorithm", "-a", help="Algorithm to measure (repeatable; default all).")
+        list[str],
+        typer.Option(
+            "--algorithm",
+            "-a",
+            help="Algorithm to measure: a built-in, a plug-in's name, a .py file or a module (repeatable; "
+            "default: every built-in).",
+        ),
     ] = [],  # noqa: B006
     seeds: Annotated[
         str | None, typer.Option(help="Vmapped seed counts, comma-separated (default 1,4,16; --quick 1,4).")
@@ -90,7 +96,7 @@ def perf(
     """
     from rich.console import Console as StdoutConsole
 
-    from offbench.algorithms import UnknownAlgorithmError, available_algorithms, get_algorithm
+    from offbench.algorithms.registry import UnknownAlgorithmError, available_algorithms, get_algorithm
     from offbench.bench.perf import benchmark, render
     from offbench.bench.perf.measure import device_slug
     from offbench.bench.perf.updates import PRDC_DATASET
@@ -120,7 +126,9 @@ def perf(
             print(f"written: {path}")
         return
     try:
-        algorithms = [get_algorithm(name).name for name in algorithm] or available_algorithms()
+        for name in algorithm:  # a built-in, an installed plug-in, a .py file or a module
+            get_algorithm(name)
+        algorithms = list(algorithm) or available_algorithms()
     except UnknownAlgorithmError as error:
         fail(str(error))
     seed_counts = positive_ints(seeds or ("1,4" if quick else "1,4,16"), "--seeds")

@@ -62,6 +62,8 @@ def _write_policy(staging: Path, output: Any, job: Any) -> None:
     last = evals[evals["step"] == evals["step"].max()].sort_values("seed")
     record = {
         "algorithm": job.algorithm,
+        # A plug-in's source, code included, so the policy loads again without the plug-in's file.
+        "plugin": None if job.plugin is None else dataclasses.asdict(job.plugin),
         "label": job.method,
         "job": output.identity.name,
         "job_id": output.identity.job_id,
@@ -118,7 +120,7 @@ def read_policy(directory: str | Path) -> SavedPolicy:
     """Load a policy saved by a job (``<out>/policies/<job>``)."""
     import orbax.checkpoint as ocp
 
-    from offbench.algorithms import get_algorithm
+    from offbench.algorithms.registry import AlgorithmSource, UnknownAlgorithmError, get_algorithm, load
     from offbench.bench.engine import abstract_states
 
     directory = Path(directory).expanduser().absolute()
@@ -129,7 +131,11 @@ def read_policy(directory: str | Path) -> SavedPolicy:
             f"{directory} is not a saved policy ({error}). Saved policies are the folders under "
             "<results>/policies/."
         ) from error
-    algorithm = get_algorithm(record["algorithm"])
+    plugin = record.get("plugin")
+    try:
+        algorithm = load(AlgorithmSource(**plugin)) if plugin else get_algorithm(record["algorithm"])
+    except UnknownAlgorithmError as error:
+        raise PolicyError(f"cannot load the algorithm of {directory}: {error}") from error
     cfg = algorithm.Config(**{name: _tuples(value) for name, value in record["config"].items()})
     spec = spec_from_dict(record["spec"])
     abstract = abstract_states(algorithm, cfg, spec, len(record["seeds"]))

@@ -2,8 +2,8 @@
 
 The code version is what a sweep compares before it mixes rows in one directory and what a checkpoint
 must match before it resumes: the git commit, plus a digest of the uncommitted changes when the tree
-is dirty (two different dirty states are two versions). Without git (an installed wheel) it is the
-package version.
+is dirty (two different dirty states are two versions). Without a git checkout rooted at the package (an
+installed wheel) it is the package version.
 """
 
 from __future__ import annotations
@@ -48,17 +48,23 @@ def code_version() -> dict[str, Any]:
     and the untracked files' names and contents when the code (``CODE_PATHS``) has uncommitted changes.
     """
     offbench_version = package_version("offbench")
+    installed = {
+        "code_version": f"offbench-{offbench_version}",
+        "git_sha": None,
+        "git_dirty": None,
+        "offbench_version": offbench_version,
+    }
     try:
+        toplevel = Path(_git("rev-parse", "--show-toplevel").strip()).resolve()
+        # An installed package inside some other repository (a virtual environment in a checkout, a home
+        # folder under git) is not that repository's code: only a checkout rooted at the package counts.
+        if toplevel != PACKAGE_ROOT:
+            return installed
         sha = _git("rev-parse", "HEAD").strip()
         diff = _git("diff", "HEAD", "--binary", "--", *CODE_PATHS)
         untracked = _git("ls-files", "--others", "--exclude-standard", "-z", "--", *CODE_PATHS).split("\0")
     except (OSError, subprocess.SubprocessError):
-        return {
-            "code_version": f"offbench-{offbench_version}",
-            "git_sha": None,
-            "git_dirty": None,
-            "offbench_version": offbench_version,
-        }
+        return installed
     digest = hashlib.sha256(diff.encode())
     for name in sorted(filter(None, untracked)):
         digest.update(name.encode())
@@ -75,14 +81,67 @@ def code_version() -> dict[str, Any]:
     }
 
 
-def cpu_model() -> str:
+@cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return fields
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+# The x86-64 micro-architecture levels (the psABI's), each by the /proc/cpuinfo flags it adds to the one
+# below. They decide which vector code XLA, NumPy and BLAS pick at run time.
+X86_64_LEVELS = (
+    ("x86-64-v2", {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"}),
+    ("x86-64-v3", {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}),
+    ("x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
+)
+
+
+def cpu_isa() -> str:
+    """The instruction-set level: ``x86-64-v4`` (AVX-512), ``-v3`` (AVX2, FMA), ``-v2``, ``x86-64``; on
+    ARM ``aarch64`` plus ``+sve``/``+sve2`` where present; else the machine name."""
+    machine = platform.machine().lower()
+    flags = set((_cpuinfo().get("flags") or _cpuinfo().get("Features") or "").split())
+    if machine in ("x86_64", "amd64"):
+        level = "x86-64"
+        for name, required in X86_64_LEVELS:
+            if not required <= flags:
+                break
+            level = name
+        return level
+    if machine in ("aarch64", "arm64"):
+        return "aarch64" + "".join(f"+{f}" for f in ("sve", "sve2") if f in flags)
+    return machine or "unknown"
+
+
+def cpu_id() -> str:
+    """Vendor, family, model and stepping (x86: ``AuthenticAMD family 25 model 17 stepping 1``; ARM:
+    implementer and part), which name the micro-architecture where the model name does not (a cloud
+    VM's ``AMD EPYC``)."""
+    info = _cpuinfo()
+    if "vendor_id" in info:
+        return (
+            f"{info['vendor_id']} family {info.get('cpu family', '?')} model {info.get('model', '?')} "
+            f"stepping {info.get('stepping', '?')}"
+        )
+    if "CPU implementer" in info:
+        return f"arm implementer {info['CPU implementer']} part {info.get('CPU part', '?')}"
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_cores() -> int:
@@ -113,6 +172,8 @@ def device() -> dict[str, Any]:
         "device_model": model,
         "device_count": count,
         "host_cpu": cpu_model(),
+        "host_cpu_id": cpu_id(),
+        "host_cpu_isa": cpu_isa(),
         "host_cpu_cores": cpu_cores(),
     }
 
@@ -121,6 +182,32 @@ def device() -> dict[str, Any]:
 def libraries() -> dict[str, str]:
     return {"python_version": platform.python_version()} | {
         f"{name}_version": package_version(name) for name in LIBRARIES
+    }
+
+
+# What a generated dataset's arrays can depend on besides its recipe: the simulator, the libraries that
+# step it or compute the behaviour policy, the code, and the CPU (see ``generation_facts``).
+GENERATION_LIBRARIES = (
+    "mujoco",
+    "gymnasium",
+    "gymnasium-robotics",
+    "numpy",
+    "jax",
+    "jaxlib",
+    "flax",
+    "minari",
+)
+
+
+def generation_facts() -> dict[str, Any]:
+    """What a dataset generated now is made with, recorded beside it (``offbench_generation.json``)."""
+    return {
+        "code_version": code_version()["code_version"],
+        "offbench_version": code_version()["offbench_version"],
+        "python": platform.python_version(),
+        **{name: package_version(name) for name in GENERATION_LIBRARIES},
+        "cpu": f"{cpu_model()} ({cpu_id()})",
+        "cpu_isa": cpu_isa(),
     }
 
 

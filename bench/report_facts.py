@@ -166,18 +166,23 @@ def hyperparameters(runs: pd.DataFrame) -> pd.DataFrame:
 
     ``source`` is ``published`` when the algorithm's ``DATASET_OVERRIDES`` set the value for that
     dataset (the authors' per-dataset setting), ``suite`` when it differs from the algorithm's default
-    otherwise (the suite or command line set it), and ``default`` else. Rows without ``hparams`` (older
-    schemas) are left out.
+    otherwise (the suite or command line set it), and ``default`` else; ``unknown`` for a plug-in whose
+    code is no longer where its rows say it came from, or has changed since. Rows without ``hparams``
+    (older schemas) are left out.
     """
-    from offbench.algorithms import get_algorithm
     from offbench.algorithms.config import published_override
 
     rows = []
     configs = runs.dropna(subset=["hparams"]).drop_duplicates(["method", "dataset"])
-    for method, dataset, algorithm, hparams in configs[
-        ["method", "dataset", "algorithm", "hparams"]
+    if "algorithm_origin" not in configs:
+        configs = configs.assign(algorithm_origin="builtin", algorithm_digest=None)
+    for method, dataset, algorithm, hparams, origin, digest in configs[
+        ["method", "dataset", "algorithm", "hparams", "algorithm_origin", "algorithm_digest"]
     ].itertuples(index=False):
-        module = get_algorithm(algorithm)
+        module = declaration(algorithm, origin, digest)
+        if module is None:
+            rows += [(method, dataset, k, json.dumps(v), "unknown") for k, v in json.loads(hparams).items()]
+            continue
         defaults = {
             f.name: _jsonable(f.default)
             for f in dataclasses.fields(module.Config)
@@ -195,6 +200,22 @@ def hyperparameters(runs: pd.DataFrame) -> pd.DataFrame:
                 source = "default"
             rows.append((method, dataset, name, json.dumps(value), source))
     return pd.DataFrame(rows, columns=["method", "dataset", "name", "value", "source"])
+
+
+def declaration(algorithm: str, origin: object, digest: object):
+    """The algorithm that wrote rows of this origin and digest, or None when its code cannot be found
+    unchanged (a plug-in file moved or edited since)."""
+    from offbench.algorithms.registry import UnknownAlgorithmError, get_algorithm, resolve
+
+    if not isinstance(origin, str) or origin == "builtin":
+        return get_algorithm(algorithm)
+    kind, _, where = origin.partition(":")
+    reference = {"file": where, "module": where}.get(kind, algorithm)
+    try:
+        found, source = resolve(reference)
+    except UnknownAlgorithmError:
+        return None
+    return found if source.digest == digest and found.name == algorithm else None
 
 
 def _jsonable(value: object) -> object:

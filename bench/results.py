@@ -20,8 +20,10 @@ temporary name and renamed, so a killed run never leaves a partial file behind.
 Schema versions: 1, the first; 2 adds ``label``, ``success_rate`` and ``final_success_rate``; 3 adds the
 job identity, the budget columns of ``runs``, the ``metrics`` table (the ``metric_*`` columns of
 ``evals`` are gone) and full provenance, and renames ``updates_per_second`` to
-``updates_per_second_per_seed`` and ``timestamp`` to ``written_at``. :func:`read_table` reads older files
-as version 3 (columns they never had are null).
+``updates_per_second_per_seed`` and ``timestamp`` to ``written_at``; 4 adds ``dataset_generation``,
+``host_cpu_id`` and ``host_cpu_isa``; 5 adds ``algorithm_origin`` and ``algorithm_digest`` (plug-in
+algorithms). :func:`read_table` reads older files as this version (columns they never had are null, and
+their algorithms are built-ins).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from offbench import files
 from offbench.datasets.dataset import DATASET_FILE_SUFFIXES, DatasetSpec
 from offbench.files import atomic_path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 TABLES = ("evals", "runs", "metrics")
 
 COLUMN_DOCS: dict[str, str] = {
@@ -54,7 +56,7 @@ COLUMN_DOCS: dict[str, str] = {
     "job_id": "Job identity: sha256 (16 hex) of everything that determines the rows (see README).",
     "dataset": "Dataset id or file path.",
     "env": "Evaluation environment id.",
-    "algorithm": "Registered algorithm name.",
+    "algorithm": "Algorithm name: a built-in's, or the name a plug-in declares (`ALGORITHM.name`).",
     "label": "Method name (the algorithm's unless the suite entry names one).",
     "sampler": "Batch sampler: uniform, rw, aw or topk.",
     "hparams": "Resolved hyper-parameters as sorted JSON.",
@@ -93,6 +95,11 @@ COLUMN_DOCS: dict[str, str] = {
     "value": "Mean of the diagnostic over the `log_every` updates ending at `step` (NaN-aware).",
     # provenance
     "dataset_fingerprint": "sha256 of the dataset's canonical arrays and evaluation spec.",
+    "dataset_generation": (
+        "For a dataset offbench generated: its recipe (generator, seed, size) and what generated it (code "
+        "version, mujoco/gymnasium/numpy/jax versions, CPU and instruction-set level), as sorted JSON; "
+        "null otherwise."
+    ),
     "dataset_transitions": "Transitions in the dataset.",
     "dataset_episodes": "Episodes in the dataset.",
     "dataset_tq": "Trajectory quality TQ of the dataset, where offbench stored it; null otherwise.",
@@ -100,7 +107,18 @@ COLUMN_DOCS: dict[str, str] = {
     "ref_min_score": "Return that normalises to 0.",
     "ref_max_score": "Return that normalises to 100.",
     "ref_source": "Where the reference scores come from.",
-    "code_version": "Git commit (12 hex), with +dirty.<digest> when the code had uncommitted changes.",
+    "code_version": (
+        "Git commit (12 hex), with +dirty.<digest> when the code had uncommitted changes, and for a plug-in "
+        "algorithm +<name>.<algorithm_digest[:12]>: the version of all the code that computed the row."
+    ),
+    "algorithm_origin": (
+        "Where the algorithm's code came from: `builtin`, `file:<path>`, `module:<module>` or "
+        "`entry_point:<distribution> <version>:<module>`."
+    ),
+    "algorithm_digest": (
+        "sha256 of a plug-in's source: the file's bytes, or a module's package files and version; null for "
+        "a built-in (the code version covers it)."
+    ),
     "git_sha": "Full git commit of the code; null outside a git checkout.",
     "git_dirty": "Whether the code had uncommitted changes.",
     "offbench_version": "offbench package version.",
@@ -117,6 +135,8 @@ COLUMN_DOCS: dict[str, str] = {
     "device_model": "CPU model, or accelerator kind.",
     "device_count": "CPU cores available to the process, or number of accelerators.",
     "host_cpu": "Host CPU model (evaluation runs there).",
+    "host_cpu_id": "Host CPU vendor, family, model and stepping (ARM: implementer and part).",
+    "host_cpu_isa": "Host CPU instruction-set level: x86-64-v2/v3 (AVX2)/v4 (AVX-512), or aarch64(+sve).",
     "host_cpu_cores": "CPU cores available to the process.",
     "schema_version": "Results schema version of the row.",
     "written_at": "UTC time the row was written (ISO 8601).",
@@ -142,6 +162,7 @@ KEY_FIELDS = _fields(
 )
 PROVENANCE_FIELDS = _fields(
     ("dataset_fingerprint", pa.string()),
+    ("dataset_generation", pa.string()),
     ("dataset_transitions", pa.int64()),
     ("dataset_episodes", pa.int64()),
     ("dataset_tq", pa.float64()),
@@ -150,6 +171,8 @@ PROVENANCE_FIELDS = _fields(
     ("ref_max_score", pa.float64()),
     ("ref_source", pa.string()),
     ("code_version", pa.string()),
+    ("algorithm_origin", pa.string()),
+    ("algorithm_digest", pa.string()),
     ("git_sha", pa.string()),
     ("git_dirty", pa.bool_()),
     ("offbench_version", pa.string()),
@@ -166,6 +189,8 @@ PROVENANCE_FIELDS = _fields(
     ("device_model", pa.string()),
     ("device_count", pa.int64()),
     ("host_cpu", pa.string()),
+    ("host_cpu_id", pa.string()),
+    ("host_cpu_isa", pa.string()),
     ("host_cpu_cores", pa.int64()),
     ("schema_version", pa.int64()),
     ("written_at", pa.string()),
@@ -398,6 +423,8 @@ def upgrade(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     for column in ("success_rate", "final_success_rate"):
         if column in schema.names and column not in frame.columns:
             frame[column] = math.nan
+    if "algorithm_origin" in schema.names and "algorithm_origin" not in frame.columns:
+        frame["algorithm_origin"] = "builtin"  # plug-ins came with version 5
     return frame
 
 

@@ -22,11 +22,17 @@ updates, the evaluation schedule and the final-score rule::
     label = "dqc-os"                         # the method's name in the results (default: the algorithm's)
     hparams = { critic_horizon = 1, action_horizon = 1, use_chunk_critic = false }
 
+    [[algorithms]]
+    name = "rebrac.py"                       # a plug-in: a file (relative to this suite file), a module
+                                             # or an installed plug-in's name
+
 Datasets are Minari ids (local, generated on demand for ``offbench/...`` ids, or remote with
 ``--download``), OGBench singletask dataset names (``cube-single-play-singletask-task1-v0``, read from
 the OGBench data folder), paths to D4RL HDF5 or OGBench npz files, and glob patterns over the ids.
 A ``label`` tells entries of one algorithm apart in the results and the leaderboard: every label names
-one algorithm, and no two entries may ask for the same job.
+one algorithm, and no two entries may ask for the same job. An algorithm ``name`` is resolved as
+``offbench run --algorithm`` resolves it (``algorithms/registry.py``), except that a relative file path is
+relative to the suite file's folder; two entries may not bring two different plug-ins of one name.
 
 Seeds are not separate jobs: they train together, vmapped, inside each job. Everything is validated
 before any training starts, with errors that name the bad key or value and the fix.
@@ -44,8 +50,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from offbench.algorithms import REGISTRY, get_algorithm
 from offbench.algorithms.config import config_fields, resolve_config
+from offbench.algorithms.registry import AlgorithmSource, UnknownAlgorithmError, resolve
 from offbench.algorithms.sampling import SAMPLERS
 from offbench.bench.train import Job
 from offbench.hints import suggest
@@ -77,6 +83,7 @@ class AlgorithmEntry:
     hparams: tuple[tuple[str, Any], ...]
     grid: tuple[tuple[str, tuple[Any, ...]], ...]
     label: str | None = None  # None: the algorithm's name
+    plugin: AlgorithmSource | None = None  # where a plug-in's code comes from; None: a built-in
 
     def settings(self) -> list[tuple[tuple[str, Any], ...]]:
         """Every (sampler x grid point) as a tuple of hyper-parameter overrides."""
@@ -114,6 +121,7 @@ class Suite:
                 final_k=self.final_k,
                 suite=self.name,
                 label=entry.label,
+                plugin=entry.plugin,
             )
             for dataset in dataset_ids
             for entry in self.algorithms
@@ -141,7 +149,7 @@ def load_suite(name_or_path: str) -> Suite:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise SuiteError(f"{path} is not valid TOML: {error}.") from error
-    return parse_suite(raw, default_name=path.stem, source=str(path))
+    return parse_suite(raw, default_name=path.stem, source=str(path), base=path.parent)
 
 
 def _unknown(keys: Iterable[str], allowed: set[str], where: str) -> None:
@@ -219,7 +227,11 @@ def _natural(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = "suite") -> Suite:
+def parse_suite(
+    raw: dict[str, Any], default_name: str = "suite", source: str = "suite", base: Path | None = None
+) -> Suite:
+    """The suite ``raw`` describes; ``base`` is the folder relative plug-in paths start from (the suite
+    file's; None: the working directory)."""
     _unknown(raw, SUITE_KEYS, source)
     for key in ("name", "description"):
         if key in raw and not isinstance(raw[key], str):
@@ -228,7 +240,7 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
             )
     if "name" in raw and not LABEL.match(raw["name"]):
         raise SuiteError(
-            f"{source}: name {raw['name']!r} names the results folder (results/<name>): use letters, digits, "
+            f"{source}: name {raw['name']!r} names the results folder (runs/<name>): use letters, digits, "
             "'_', '.' and '-', starting with a letter or digit."
         )
     if "datasets" not in raw:
@@ -251,18 +263,18 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
                 f'{where}: name must be an algorithm name in quotes, e.g. name = "td3bc"; got {name!r}.'
             )
         _unknown(entry, ALGORITHM_KEYS, f"{where} ({name})")
-        if name not in REGISTRY:
-            raise SuiteError(
-                f"{where}: unknown algorithm {name!r}.{suggest(name, list(REGISTRY))} "
-                f"Available: {', '.join(sorted(REGISTRY))}."
-            )
+        try:
+            declared, origin = resolve(name, base)
+        except UnknownAlgorithmError as error:
+            raise SuiteError(f"{where}: {error}") from error
+        name = declared.name
         label = entry.get("label")
         if label is not None and (not isinstance(label, str) or not LABEL.match(label)):
             raise SuiteError(
                 f"{where} ({name}): label must be a name of letters, digits, '_', '.' and '-' starting with "
                 f'a letter or digit (e.g. "dqc-os"), got {label!r}.'
             )
-        config_type = get_algorithm(name).Config
+        config_type = declared.Config
         fields = config_fields(config_type)
         samplers = _strings(
             entry.get("samplers", ["uniform"]),
@@ -304,6 +316,7 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
             hparams=tuple((k, _freeze(v)) for k, v in hparams.items()),
             grid=converted_grid,
             label=label,
+            plugin=None if origin.kind == "builtin" else origin,
         )
         for setting in algorithm.settings():  # every combination must build a valid config
             try:
@@ -332,8 +345,18 @@ def parse_suite(raw: dict[str, Any], default_name: str = "suite", source: str = 
 
 
 def _check_labels(algorithms: list[AlgorithmEntry], source: str) -> None:
-    """Every method name (an entry's label, else its algorithm) belongs to one algorithm, so the results
-    never pool two algorithms under one name."""
+    """Every method name (an entry's label, else its algorithm) belongs to one algorithm, and every
+    algorithm name to one piece of code, so the results never pool two algorithms under one name."""
+    plugins: dict[str, tuple[int, AlgorithmSource | None]] = {}
+    for index, entry in enumerate(algorithms):
+        first, plugin = plugins.setdefault(entry.name, (index, entry.plugin))
+        if plugin != entry.plugin:
+            origins = [p.origin if p is not None else "builtin" for p in (plugin, entry.plugin)]
+            raise SuiteError(
+                f"{source}: algorithms[{index}] ({origins[1]}) and algorithms[{first}] ({origins[0]}) are "
+                f"two plug-ins that declare the algorithm {entry.name!r}; one name must mean one algorithm. "
+                "Rename one (ALGORITHM = Algorithm(name=...))."
+            )
     owners: dict[str, tuple[int, str]] = {}
     for index, entry in enumerate(algorithms):
         label = entry.label or entry.name

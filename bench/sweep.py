@@ -25,7 +25,16 @@ from typing import Any
 from offbench import files
 from offbench.bench import provenance, results
 from offbench.bench.suite import Suite, SuiteError, expand_datasets
-from offbench.bench.train import ChunkReport, Job, JobIdentity, identify, resolve, run_job, state_bytes
+from offbench.bench.train import (
+    ChunkReport,
+    Job,
+    JobIdentity,
+    identify,
+    job_code_version,
+    resolve,
+    run_job,
+    state_bytes,
+)
 from offbench.datasets import provision
 from offbench.datasets.dataset import Dataset, DatasetError, DatasetSpec
 from offbench.files import write_text_atomic
@@ -129,8 +138,11 @@ def record_failure(out: Path, planned: PlannedJob, error: BaseException) -> str:
         message, details = error.message, error.details
     else:
         message, details = f"{type(error).__name__}: {error}", "".join(traceback.format_exception(error))
+    job = dataclasses.asdict(planned.job)
+    if planned.job.plugin is not None:  # where the plug-in came from, not its whole source
+        job["plugin"] = planned.job.plugin.record()
     record = {
-        "job": dataclasses.asdict(planned.job),
+        "job": job,
         "name": planned.identity.name,
         "job_id": planned.identity.job_id,
         "error": message,
@@ -161,11 +173,28 @@ def plan(suite: Suite, out: Path, download: bool = False, on_code_change: str = 
     dataset_ids = expand_datasets(suite.datasets, lambda: available)
     jobs = suite.jobs(dataset_ids)
     check_distinct_jobs(jobs)  # before any dataset is generated: a suite error should cost nothing
+    check_plugins(jobs)
     try:
         provision.ensure_datasets(dataset_ids, available, download)
     except DatasetError as error:
         raise SuiteError(str(error)) from error
     return plan_jobs(jobs, out, lambda keys: keys.get("suite") == suite.name, on_code_change)
+
+
+def check_plugins(jobs: list[Job]) -> None:
+    """The cheap part of the conformance check (the declaration, and ``init``/``update``/``act`` traced on
+    a small spec, nothing compiled) for every plug-in the jobs use, so that a broken plug-in stops the
+    sweep before any dataset is generated or any job trains."""
+    from offbench.bench import conformance
+
+    for source in dict.fromkeys(job.plugin for job in jobs if job.plugin is not None):
+        failures = conformance.check_cheap(source)
+        if failures:
+            raise SuiteError(
+                f"the plug-in {source.name} ({source.origin}) fails the conformance check: "
+                + "; ".join(str(failure) for failure in failures)
+                + f". Run `offbench algorithms check {source.path or source.module}` for details."
+            )
 
 
 def same_slot(job: Job) -> Callable[[dict[str, Any]], bool]:
@@ -188,7 +217,9 @@ def plan_jobs(
       or for ``offbench run`` the same method on the same dataset) under another identity are stale:
       they are moved to ``superseded/<time>/``, out of the tables readers load, never deleted.
     - Finished jobs written by another code version: ``on_code_change`` refuses (the default, naming
-      the flags), reruns them (their old rows are superseded) or keeps them beside the new rows.
+      the flags), reruns them (their old rows are superseded) or keeps them beside the new rows. The
+      refusal comes when new rows would join them, and also when a plug-in's own source changed since
+      its rows were written: the same command after an edit must not report the old code's rows.
     - Checkpoints of finished jobs, and of stale ones, are removed; those of jobs to run are resumed
       only when their identity and code version match (:func:`checkpoint.load`).
     """
@@ -206,8 +237,8 @@ def plan_jobs(
     planned = [PlannedJob(job, identify(job, described[job.dataset, job.env_id][0])) for job in jobs]
     wanted = {p.identity.name for p in planned}
     existing = existing_rows(out)
-    code = provenance.code_version()["code_version"]
-    other_code = {name for name in wanted & set(existing) if existing[name]["code_version"] != code}
+    code = {p.identity.name: job_code_version(p.job) for p in planned}
+    other_code = {name for name in wanted & set(existing) if existing[name]["code_version"] != code[name]}
     rerun = other_code if on_code_change == "rerun" else set()
     done = [p for p in planned if p.identity.name in existing and p.identity.name not in rerun]
     todo = [p for p in planned if p not in done]
@@ -215,13 +246,21 @@ def plan_jobs(
         out,
         sum(2 * state_bytes(p.job, described[p.job.dataset, p.job.env_id][1]) + ROW_BYTES for p in todo),
     )
-    if other_code and todo and on_code_change == "refuse":
+    by_name = {p.identity.name: p.job for p in planned}
+    edited_plugins = {
+        name
+        for name in other_code
+        if by_name[name].plugin is not None
+        and not existing[name]["code_version"].endswith(code[name].rpartition("+")[2])
+    }
+    if other_code and (todo or edited_plugins) and on_code_change == "refuse":
         versions = sorted({existing[name]["code_version"] for name in other_code})
+        current = sorted({code[name] for name in other_code})
         raise SuiteError(
             f"{out} holds {len(other_code)} finished job(s) of this suite written by other code "
-            f"({', '.join(versions)}; this is {code}); new rows would mix code versions. Rerun with "
-            "--on-code-change rerun to redo them with this code (old rows are kept in superseded/), or "
-            "--on-code-change keep to keep them beside the new rows."
+            f"({', '.join(versions)}; this is {', '.join(current)}); new rows would mix code versions. "
+            "Rerun with --on-code-change rerun to redo them with this code (old rows are kept in "
+            "superseded/), or --on-code-change keep to keep them beside the new rows."
         )
     messages = []
     removed = files.remove_stale_temporaries(out)

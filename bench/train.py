@@ -3,6 +3,8 @@
 
 A job's identity (:func:`identify`) is a digest of everything that determines its rows; its results,
 checkpoints and saved policies are named by it, so a changed job never reuses what an older one wrote.
+The code that computes the rows is versioned beside it (:func:`job_code_version`): offbench's own code,
+and for a plug-in algorithm the digest of the plug-in's source too.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import jax
 import numpy as np
 import pandas as pd
 
-from offbench.algorithms import get_algorithm
+from offbench.algorithms import Algorithm
 from offbench.algorithms.config import resolve_config
+from offbench.algorithms.registry import REGISTRY, AlgorithmSource, UnknownAlgorithmError, load
 from offbench.bench import checkpoint, provenance, results
 from offbench.bench.engine import (
     abstract_states,
@@ -59,6 +62,8 @@ class Job:
     download: bool = False
     label: str | None = None  # the method's name in the results; None: the algorithm's name
     log_every: int = DEFAULT_LOG_EVERY  # updates per row of the metrics table
+    # Where a plug-in algorithm's code comes from (``algorithm`` is its declared name); None: a built-in.
+    plugin: AlgorithmSource | None = None
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -98,9 +103,37 @@ class JobIdentity:
     fields: dict[str, Any] = dataclasses.field(compare=False, hash=False)
 
 
+def algorithm_of(job: Job) -> Algorithm:
+    """The job's algorithm: the built-in of its name, or its plug-in loaded from the carried source."""
+    if job.plugin is not None:
+        return load(job.plugin)
+    if job.algorithm not in REGISTRY:
+        raise UnknownAlgorithmError(
+            f"unknown built-in algorithm {job.algorithm!r}; a plug-in job carries its source (Job.plugin)."
+        )
+    return load(AlgorithmSource(kind="builtin", name=job.algorithm, module=REGISTRY[job.algorithm]))
+
+
+def job_code_version(job: Job) -> str:
+    """The version of the code that computes the job's rows: offbench's code version, and for a plug-in
+    ``+<name>.<digest[:12]>`` of its source. A sweep compares it with finished rows (``--on-code-change``)
+    and a checkpoint must match it to resume, so editing a plug-in is a change of code like any other."""
+    version = provenance.code_version()["code_version"]
+    return version if job.plugin is None else f"{version}+{job.plugin.name}.{job.plugin.digest[:12]}"
+
+
+def algorithm_provenance(job: Job) -> dict[str, Any]:
+    """The rows' code columns for this job: its code version, the algorithm's origin and source digest."""
+    return {
+        "code_version": job_code_version(job),
+        "algorithm_origin": "builtin" if job.plugin is None else job.plugin.origin,
+        "algorithm_digest": None if job.plugin is None else job.plugin.digest,
+    }
+
+
 def resolve(job: Job) -> Any:
     """The job's config: paper defaults, then per-dataset overrides matched on the id, then the job's."""
-    algorithm = get_algorithm(job.algorithm)
+    algorithm = algorithm_of(job)
     overrides = {"total_steps": job.steps, **dict(job.hparams)}
     return resolve_config(algorithm.Config, job.dataset, algorithm.dataset_overrides, overrides)
 
@@ -111,8 +144,9 @@ def identify(job: Job, dataset_fingerprint: str | None = None, dataset: Dataset 
     evaluation environment and the dataset's content fingerprint (which covers the environment and the
     reference scores its metadata names), and the suite and results schema the rows are written for.
 
-    The code version is not part of it: a sweep compares it separately, so that a new commit does not
-    silently rerun (or silently keep) every job. ``dataset_fingerprint`` defaults to the cached one.
+    The code version is not part of it: a sweep compares it separately (:func:`job_code_version`, which
+    covers a plug-in's source), so that a new commit or an edited plug-in does not silently rerun (or
+    silently keep) every job. ``dataset_fingerprint`` defaults to the cached one.
     """
     cfg = resolve(job)
     if dataset_fingerprint is None:
@@ -140,7 +174,7 @@ def identify(job: Job, dataset_fingerprint: str | None = None, dataset: Dataset 
 
 def state_bytes(job: Job, spec: DatasetSpec) -> int:
     """Bytes of the training state of all the job's seeds: what a checkpoint or a saved policy holds."""
-    shapes = abstract_states(get_algorithm(job.algorithm), resolve(job), spec, len(job.seeds))
+    shapes = abstract_states(algorithm_of(job), resolve(job), spec, len(job.seeds))
     return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes)))
 
 
@@ -180,14 +214,18 @@ class JobOutput:
 
 
 def dataset_provenance(dataset: Dataset, dataset_fingerprint: str) -> dict[str, Any]:
-    """The dataset's columns of a results row: size, fingerprint, reference scores and stored quality."""
+    """The dataset's columns of a results row: size, fingerprint, reference scores, stored quality and,
+    for a dataset offbench generated, what generated it."""
+    from offbench.datasets.generate.storage import read_generation_record
     from offbench.datasets.quality import read_quality
 
     quality = read_quality(dataset.spec.id) or {}
     if quality.get("transitions") != dataset.size:  # metrics of another version of the dataset
         quality = {}
+    generation = read_generation_record(dataset.spec.id)
     return {
         "dataset_fingerprint": dataset_fingerprint,
+        "dataset_generation": None if generation is None else json.dumps(generation, sort_keys=True),
         "dataset_transitions": dataset.size,
         "dataset_episodes": dataset.num_episodes,
         "dataset_tq": quality.get("tq"),
@@ -331,7 +369,11 @@ def job_output(
         "hparams": results.hparams_json(cfg),
         "hparams_hash": results.hparams_hash(cfg),
     }
-    row_provenance = {**provenance.provenance(), **dataset_provenance(dataset, identity.dataset_fingerprint)}
+    row_provenance = {
+        **provenance.provenance(),
+        **algorithm_provenance(job),
+        **dataset_provenance(dataset, identity.dataset_fingerprint),
+    }
     evals = results.evals_frame(keys_row, progress.eval_rows, row_provenance)
     runs = results.runs_frame(
         keys_row,
@@ -378,7 +420,7 @@ def run_job(
     ``on_checkpoint(checkpoint_dir, step)`` is called after each checkpoint is complete (the Ray executor
     sends it to the driver).
     """
-    algorithm = get_algorithm(job.algorithm)
+    algorithm = algorithm_of(job)
     if dataset is None:
         dataset = load_dataset(job.dataset, env_id=job.env_id, download=job.download)
     identity = identity or identify(job, dataset=dataset)
@@ -392,7 +434,7 @@ def run_job(
     progress = Progress.fresh(len(job.seeds))
     # The checkpoint belongs to this identity and this code: anything else could resume other data or
     # other computations into these rows.
-    checkpoint_key = f"{identity.job_id}@{provenance.code_version()['code_version']}"
+    checkpoint_key = f"{identity.job_id}@{job_code_version(job)}"
     if checkpoint_dir is not None:
         restored = restore_checkpoint(checkpoint_dir, checkpoint_key, states, keys, log)
         if restored is not None:

@@ -7,8 +7,10 @@ layout. Regenerating a dataset with the same seed gives the same fingerprint; ch
 or replacing its file, gives another.
 
 Computing it means loading the dataset, so it is cached beside the dataset's files (a Minari dataset's
-folder, or a hidden file beside an HDF5/npz file) together with the size and modification time of
-every file it was computed from. The cache is used only while all of them are unchanged. Where the
+folder, or a hidden file beside an HDF5/npz file) together with the size, modification time, inode and
+status-change time of every file it was computed from. The cache is used only while all of them are
+unchanged, so a file replaced by another of the same size with its modification time preserved is
+fingerprinted again. Where the
 folder is not writable the fingerprint is computed again on each use.
 """
 
@@ -78,7 +80,14 @@ def cache_file(name: str) -> Path:
 
 
 def _stats(files: list[Path]) -> dict[str, list[int]]:
-    return {str(p.resolve()): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+    """What a replacement of each file cannot keep: besides size and modification time (which ``cp -p``,
+    ``rsync -a`` and archive extraction preserve), the inode and the status-change time, which the
+    kernel sets on every write, rename or new file and no user call can set back."""
+    stats = {}
+    for path in files:
+        info = path.stat()
+        stats[str(path.resolve())] = [info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]
+    return stats
 
 
 def _cache_key(name: str, env_id: str | None) -> str:

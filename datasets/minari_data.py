@@ -20,17 +20,22 @@ def minari_datasets_path() -> Path:
     return Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
 
 
+def check_readable(dataset_id: str, local: set[str]) -> None:
+    """A dataset folder that Minari does not list (``local``) is one whose metadata it cannot read."""
+    if dataset_id not in local and (minari_datasets_path() / dataset_id / "data").is_dir():
+        raise DatasetError(
+            f"dataset {dataset_id!r} exists under {minari_datasets_path()} but Minari cannot read its "
+            "metadata: the files may be corrupt. Delete that folder and regenerate or re-download it."
+        )
+
+
 def load_minari(dataset_id: str, *, download: bool = False, env_id: str | None = None) -> Dataset:
     """Load a Minari dataset. ``download=True`` fetches a missing id from the Minari remote."""
     import minari
 
     local = set(minari.list_local_datasets())
     folder = minari_datasets_path() / dataset_id
-    if dataset_id not in local and (folder / "data").is_dir():
-        raise DatasetError(
-            f"dataset {dataset_id!r} exists under {minari_datasets_path()} but Minari cannot read its "
-            "metadata: the files may be corrupt. Delete that folder and regenerate or re-download it."
-        )
+    check_readable(dataset_id, local)
     if dataset_id not in local:
         if not download:
             raise DatasetError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from offbench.datasets.dataset import DatasetError
-from offbench.datasets.minari_data import download_minari_dataset
+from offbench.datasets.minari_data import check_readable, download_minari_dataset
 from offbench.datasets.ogbench_data import import_ogbench, ogbench_data_dir, resolve_ogbench_name
 from offbench.datasets.sources import dataset_kind
 from offbench.hints import suggest
@@ -24,12 +24,14 @@ def available_dataset_ids() -> list[str]:
     return sorted(ids | set(catalog.generatable_ids()))
 
 
-def ensure_datasets(dataset_ids: list[str], available: list[str], download: bool = False) -> None:
+def ensure_datasets(
+    dataset_ids: list[str], available: list[str], download: bool = False, npz_named_by_task: bool = True
+) -> None:
     """Make sure every dataset can be loaded before any training starts, by kind:
 
-    - a D4RL HDF5 or OGBench npz path: the file exists. An npz file is named after the OGBench
-      singletask dataset it holds (``cube-single-play-singletask-task1-v0.npz``): a suite gives no
-      evaluation environment, and that name says which task relabels and evaluates it;
+    - a D4RL HDF5 or OGBench npz path: the file exists. With ``npz_named_by_task`` (a suite, which gives
+      no evaluation environment) an npz file is named after the OGBench singletask dataset it holds
+      (``cube-single-play-singletask-task1-v0.npz``): that name says which task relabels and evaluates it;
     - an OGBench dataset name (``cube-single-play-singletask-task1-v0``): its file is in the OGBench data
       folder, or with ``download`` is fetched by ``ogbench.download_datasets``;
     - a local Minari id: nothing to do; an id offbench can generate (``offbench/hopper/...``,
@@ -42,36 +44,45 @@ def ensure_datasets(dataset_ids: list[str], available: list[str], download: bool
     for dataset_id in dataset_ids:
         kind = dataset_kind(dataset_id)
         if kind in ("npz", "hdf5"):
-            check_dataset_file(dataset_id)
+            check_dataset_file(dataset_id, npz_named_by_task)
         elif kind == "ogbench":
             ensure_ogbench(dataset_id, available, download)
-        elif dataset_id in local:
-            if dataset_id in available:
-                from offbench.datasets.generate import catalog
+        else:
+            ensure_minari(dataset_id, local, available, download)
 
-                catalog.complete_quality(dataset_id)  # a generation killed before writing them
-        elif dataset_id in available:
+
+def ensure_minari(dataset_id: str, local: set[str], available: list[str], download: bool) -> None:
+    """A Minari id is local, generated now, or downloaded (see :func:`ensure_datasets`)."""
+    if dataset_id in local:
+        if dataset_id in available:
             from offbench.datasets.generate import catalog
 
-            catalog.generate(dataset_id)
-        elif download:
-            download_minari_dataset(dataset_id)
-        else:
-            raise DatasetError(
-                f"unknown dataset {dataset_id!r}: not a local Minari dataset, not one offbench can generate, "
-                "not an OGBench dataset name and not a dataset file. If it is a remote Minari id, rerun with "
-                f"--download (needs internet).{suggest(dataset_id, available)}"
-            )
+            catalog.check_recipe(dataset_id)
+            catalog.complete_quality(dataset_id)  # a generation killed before writing them
+    elif dataset_id in available:
+        from offbench.datasets.generate import catalog
+
+        catalog.generate(dataset_id)
+    elif download:
+        download_minari_dataset(dataset_id)
+    else:
+        check_readable(dataset_id, local)  # a folder Minari cannot read is not an unknown id
+        raise DatasetError(
+            f"unknown dataset {dataset_id!r}: not a local Minari dataset, not one offbench can generate, "
+            "not an OGBench dataset name and not a dataset file. If it is a remote Minari id, rerun with "
+            f"--download (needs internet).{suggest(dataset_id, available)}"
+        )
 
 
-def check_dataset_file(dataset_id: str) -> None:
-    """A D4RL HDF5 or OGBench npz path exists, and an npz file's name says its task."""
+def check_dataset_file(dataset_id: str, npz_named_by_task: bool = True) -> None:
+    """A D4RL HDF5 or OGBench npz path exists, and (``npz_named_by_task``) an npz file's name says its
+    task."""
     path = Path(dataset_id).expanduser()
     if not path.is_file():
         raise DatasetError(
             f"dataset file {dataset_id} does not exist (relative paths are resolved from {Path.cwd()})."
         )
-    if path.suffix != ".npz":
+    if path.suffix != ".npz" or not npz_named_by_task:
         return
     try:
         resolve_ogbench_name(path.name.removesuffix(".npz").removesuffix("-val"))

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from offbench.algorithms import a2pr, get_algorithm, sampling, td3
+from offbench.algorithms import a2pr, sampling, td3
 from offbench.algorithms.config import resolve_config
+from offbench.algorithms.registry import get_algorithm
 from offbench.algorithms.sampling import Batch
 
 SMALL = {
@@ -67,6 +68,7 @@ def one_sample(action) -> Batch:
         rewards=jnp.array([1.0]),
         next_observations=jnp.array([[0.0, 0.0, 1.0]]),
         masks=jnp.array([1.0]),
+        next_actions=jnp.asarray([action], jnp.float32),
     )
 
 
@@ -121,6 +123,7 @@ def test_value_target_is_the_min_of_the_updated_and_target_critics(toy_dataset):
         rewards=jnp.array([1.0, 1.0, 0.0]),
         next_observations=jnp.zeros((3, 3)),
         masks=jnp.array([1.0, 1.0, 0.0]),
+        next_actions=jnp.zeros((3, 2)),
     )
     target = jnp.array([5.0, 2.0, 7.0])  # the critic step's y
     loss, _ = a2pr.value_loss(value, state, batch, jnp.zeros((3, 2)), target, cfg)
@@ -148,6 +151,7 @@ def test_vae_loss_by_hand(toy_dataset):
         rewards=jnp.zeros(3),
         next_observations=jnp.zeros((3, 3)),
         masks=jnp.ones(3),
+        next_actions=actions,
     )
     v = jnp.array([10.0, 10.0, 10.9])  # positive advantage for the first sample only (10.9 > 10.9 is false)
     loss, info = a2pr.vae_loss(vae, state, batch, v, jax.random.key(2), cfg)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from toy import BATCH
 
-from offbench.algorithms import REGISTRY, bc, get_algorithm, iql, nets, td3, td3bc
+from offbench.algorithms import bc, iql, nets, td3, td3bc
 from offbench.algorithms.config import resolve_config
 from offbench.algorithms.nets import CriticEnsemble, first_critic, linear_with_transposed_kernel
+from offbench.algorithms.registry import REGISTRY, get_algorithm
 
 
 def constant_network(params, output_bias, output_layer: str | None = None):

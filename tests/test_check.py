@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -90,15 +91,16 @@ def test_passes_when_results_equal_the_baseline(results_dir: Path, tmp_path: Pat
 
 def test_fails_when_the_baseline_is_raised_beyond_noise(results_dir: Path, tmp_path: Path) -> None:
     pair = ("td3bc", "uniform", "hopper-medium")
-    # Allowed drop: t(0.95, 2) * 5 * sqrt(2/3) = 11.9 points; 15 is beyond it.
-    baseline = write_runs(tmp_path / "baseline.parquet", runs_table({pair: 15.0}))
+    # Two pairs, so Holm tests the more significant one at 0.05 / 2: its allowed drop is
+    # t(0.975, 2) * 5 * sqrt(2/3) = 17.6 points; 25 is beyond it.
+    baseline = write_runs(tmp_path / "baseline.parquet", runs_table({pair: 25.0}))
     result = invoke(results_dir, baseline)
     assert result.exit_code == 1, result.output
     for column in ("pair", "baseline", "current", "delta", "verdict"):
         assert column in result.output
     assert "REGRESSED" in result.output and "td3bc/uniform/hopper-medium" in result.output
-    assert "-15.00" in result.output and "check failed" in result.output
-    verdicts = {p.name: p.verdict for p in check.compare(runs_table(), runs_table({pair: 15.0}))}
+    assert "-25.00" in result.output and "check failed" in result.output
+    verdicts = {p.name: p.verdict for p in check.compare(runs_table(), runs_table({pair: 25.0}))}
     assert verdicts == {"td3bc/uniform/hopper-medium": "REGRESSED", "iql/rw/hopper-medium": "pass"}
 
 
@@ -213,3 +215,89 @@ def test_labels_of_one_algorithm_are_separate_pairs_and_old_baselines_have_none(
     assert (old["label"] == "dqc").all()
     verdicts = {p.name: p.verdict for p in check.compare(current, old)}
     assert verdicts == {"dqc/uniform/cube": "pass", "dqc-os/uniform/cube": "new"}
+
+
+def simulated_failure_rate(draws: int, pairs: int, regressed_by: float = 0.0, holm: bool = True) -> float:
+    """Fraction of simulated suites whose check fails: every pair's 3 baseline and 3 current seeds drawn
+    from one normal distribution (mean 50, std 5), the first pair's current seeds shifted by
+    ``regressed_by`` standard deviations; ``holm=False`` tests each pair at alpha, as before."""
+    rng = np.random.default_rng(0)
+    failed = 0
+    for _ in range(draws):
+        results = []
+        for index in range(pairs):
+            b = rng.normal(50.0, 5.0, 3)
+            c = rng.normal(50.0 - (5.0 * regressed_by if index == 0 else 0.0), 5.0, 3)
+            delta = float(c.mean() - b.mean())
+            allowed = check.allowed_drop(b, 3)
+            verdict = "REGRESSED" if delta < -allowed else "pass"
+            p_value = check.drop_p_value(delta, b, 3)
+            results.append(
+                check.PairResult(
+                    "m", "uniform", f"d{index}", "score", b, c, delta, allowed, verdict, "", p_value
+                )
+            )
+        if holm:
+            results = check.holm(results)
+        failed += any(result.failed for result in results)
+    return failed / draws
+
+
+def test_a_faithful_reproduction_of_16_pairs_fails_at_most_alpha_of_the_time() -> None:
+    # Per pair at 5%: 1 - 0.95^16 = 56% under the t model (the tolerance floor lowers it a little).
+    assert simulated_failure_rate(1000, 16, holm=False) > 0.4
+    # Holm: at most 5%; 1000 draws put a 3-standard-error margin of about 2 points on it.
+    assert simulated_failure_rate(1000, 16) <= 0.05 + 0.02
+
+
+def test_holm_still_catches_a_real_regression_of_one_pair() -> None:
+    # A collapse of one pair by 20 seed standard deviations (e.g. 50 -> -50) among 16.
+    assert simulated_failure_rate(300, 16, regressed_by=20.0) >= 0.9
+
+
+def test_holm_levels_step_down_from_alpha_over_m() -> None:
+    pairs = [
+        check.PairResult(
+            "m",
+            "uniform",
+            f"d{i}",
+            "score",
+            np.array([50.0, 55.0, 60.0]),
+            np.array([50.0, 55.0, 60.0]) - drop,
+            -drop,
+            0.0,
+            "pass",
+            "",
+            check.drop_p_value(-drop, np.array([50.0, 55.0, 60.0]), 3),
+        )
+        for i, drop in enumerate([40.0, 0.0, 25.0])
+    ]
+    adjusted = check.holm(pairs)
+    assert [pair.level for pair in adjusted] == pytest.approx([0.05 / 3, 0.05, 0.05 / 2])
+    assert [pair.verdict for pair in adjusted] == ["REGRESSED", "pass", "REGRESSED"]
+
+
+def test_other_data_name_the_recorded_facts_that_differ(tmp_path: Path) -> None:
+    def generated(frame: pd.DataFrame, fingerprint: str, transitions: int, mujoco: str) -> pd.DataFrame:
+        record = {"seed": 0, "size": 100000, "mujoco": mujoco, "numpy": "2.4.6", "generated_at": fingerprint}
+        return frame.assign(
+            dataset_fingerprint=fingerprint,
+            dataset_transitions=transitions,
+            dataset_generation=json.dumps(record, sort_keys=True),
+        )
+
+    baseline = generated(runs_table(), "a" * 64, 100_349, "4.0.0")
+    current = generated(runs_table(), "b" * 64, 100_175, "4.0.1")
+    notes = check.provenance_notes(current, baseline)
+    assert (
+        "data: the contents of hopper-medium differ from the baseline's: 100,349 → 100,175 transitions; "
+        "mujoco 4.0.0 → 4.0.1." in notes
+    )
+    out = tmp_path / "results"
+    write_runs(out / "runs" / "all.parquet", current)
+    baseline_file = write_runs(tmp_path / "baseline.parquet", baseline)
+    assert invoke(out, baseline_file).exit_code == 0  # the scores are the same
+    strict = invoke(out, baseline_file, "--require-same-data")
+    assert strict.exit_code == 1 and "mujoco 4.0.0 → 4.0.1" in strict.output
+    same = generated(runs_table(), "a" * 64, 100_349, "4.0.1")
+    assert check.provenance_notes(same, baseline)[-1].startswith("data: every dataset has the baseline's")

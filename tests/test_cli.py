@@ -105,7 +105,7 @@ def test_error_messages_are_one_line_and_keep_bracketed_text(tmp_path):
     missing = tmp_path / "[red]data[/red]" / "hopper-medium-v2.hdf5"
     result = invoke("run", "--algorithm", "bc", "--dataset", str(missing), "--out", str(tmp_path / "out"))
     assert result.exit_code == 2
-    assert result.output.startswith(f"error: dataset file {missing} does not exist.")
+    assert result.output.startswith(f"error: dataset file {missing} does not exist")
 
 
 def test_datasets_list_on_an_empty_store_says_where_and_what_to_do(tmp_path, monkeypatch):
@@ -115,3 +115,60 @@ def test_datasets_list_on_an_empty_store_says_where_and_what_to_do(tmp_path, mon
     assert result.output.startswith(f"no datasets under {tmp_path / 'store'} ($MINARI_DATASETS_PATH).")
     assert "`offbench datasets generate`" in result.output and "--download" in result.output
     assert len(result.output.splitlines()) == 1
+
+
+def test_run_generates_a_missing_offbench_id_as_a_sweep_does(tmp_path, monkeypatch):
+    from offbench.datasets.generate import catalog
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    monkeypatch.setattr(catalog, "DEFAULT_SIZE", 600)
+    monkeypatch.setattr(catalog, "REFERENCE_EPISODES", 3)
+    out = tmp_path / "out"
+    dataset = "offbench/hopper/random-v0"
+    args = ["--dataset", dataset, "--seeds", "0", "--steps", "2", "--eval-episodes", "1", "--out", str(out)]
+    result = invoke("run", "--algorithm", "bc", *args, "-p", "hidden_dims=8,8", "--no-save-policy")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "store" / dataset / "data" / "main_data.hdf5").is_file()
+    runs = pd.read_parquet(out / "runs")
+    assert list(runs["dataset"]) == [dataset] and runs["dataset_transitions"].iloc[0] >= 600
+
+
+def test_run_asks_for_download_before_fetching_a_remote_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    out = tmp_path / "out"
+    result = invoke("run", "--algorithm", "bc", "--dataset", "mujoco/hopper/medium-v0", "--out", str(out))
+    assert result.exit_code == 2
+    assert "unknown dataset 'mujoco/hopper/medium-v0'" in result.output and "--download" in result.output
+    assert_no_results(out)
+
+
+def test_version_prints_the_package_version_and_the_code_version_rows_record():
+    from importlib.metadata import version
+
+    from offbench.bench.provenance import code_version
+
+    result = invoke("--version")
+    assert result.exit_code == 0
+    code = code_version()
+    first, second = result.output.splitlines()
+    assert first == f"offbench {version('offbench')}"
+    assert second.startswith(f"code version {code['code_version']} (")
+
+
+def test_an_installed_package_inside_another_repository_is_not_that_repository_s_code(monkeypatch, tmp_path):
+    """A virtual environment inside some checkout (or a home folder under git): git answers for the
+    enclosing repository, whose commit is not the code that runs."""
+    from offbench.bench import provenance
+
+    answers = {"rev-parse --show-toplevel": f"{tmp_path}\n", "rev-parse HEAD": "f" * 40 + "\n"}
+    monkeypatch.setattr(provenance, "_git", lambda *args: answers[" ".join(args)])
+    provenance.code_version.cache_clear()
+    try:
+        code = provenance.code_version()
+        shown = invoke("--version").output
+    finally:
+        provenance.code_version.cache_clear()  # the next caller sees this checkout again
+    assert code["git_sha"] is None and code["code_version"] == f"offbench-{code['offbench_version']}"
+    assert shown.splitlines()[1] == (
+        f"code version {code['code_version']} (installed package, no git checkout)"
+    )

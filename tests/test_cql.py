@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from toy import BATCH, make_toy_dataset
 
-from offbench.algorithms import cql, get_algorithm, sampling
+from offbench.algorithms import cql, sampling
+from offbench.algorithms.registry import get_algorithm
 from offbench.bench.engine import init_states, make_train_chunk, seed_keys, state_axes
 
 SMALL = cql.Config(hidden_dims=(4,), cql_n_actions=3)

@@ -6,6 +6,7 @@ half-written. Tiny sizes; the behaviour policies are a frozen copy of the commit
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -257,7 +258,8 @@ def test_generate_one_mixed_id_on_demand_writes_its_bases_then_reuses_them(polic
     mixed = catalog.dataset_id("hopper", "random-medium-5pct")
     written = catalog.generate(mixed, size=1_000, policies_dir=policies_dir, reference_episodes=REF_EPISODES)
     bases = [catalog.dataset_id("hopper", k) for k in ("random", "medium")]
-    assert written == [*bases, mixed]
+    reference = catalog.dataset_id("hopper", "medium-replay")  # SACo's reference comes along
+    assert written == [*bases, reference, mixed]
     before = {b: (root / b / "data" / "main_data.hdf5").stat().st_mtime_ns for b in bases}
     refs = catalog.stored_references(mixed)
 
@@ -269,9 +271,10 @@ def test_generate_one_mixed_id_on_demand_writes_its_bases_then_reuses_them(polic
     medium_keys = {ep["observations"].tobytes() for ep in episodes_of(bases[1])}
     good = sum(len(ep["actions"]) for ep in episodes_of(other) if ep["observations"].tobytes() in medium_keys)
     assert good >= 100
-    assert_clean(root, {*bases, mixed, other})
-    # no medium-replay yet, so no SACo reference: nothing computed, nothing stored
-    assert quality.read_quality(other) is None
+    assert_clean(root, {*bases, reference, mixed, other})
+    # every generated dataset has its quality metrics, SACo included
+    for identifier in (*bases, reference, mixed, other):
+        assert math.isfinite(quality.read_quality(identifier)["saco"])
 
 
 def test_a_sweep_generates_missing_ids_in_any_order(policies_dir, root, monkeypatch):
@@ -282,7 +285,7 @@ def test_a_sweep_generates_missing_ids_in_any_order(policies_dir, root, monkeypa
     monkeypatch.setattr(policies, "POLICIES_DIR", policies_dir)
     wanted = [catalog.dataset_id("hopper", k) for k in ("random-expert-5pct", "random", "expert")]
     ensure_datasets(wanted, catalog.generatable_ids())  # the first one brings the other two
-    assert_clean(root, set(wanted))
+    assert_clean(root, {*wanted, catalog.dataset_id("hopper", "medium-replay")})  # and SACo's reference
     ensure_datasets(wanted, catalog.generatable_ids())  # all present: nothing to do
 
 

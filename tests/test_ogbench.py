@@ -102,6 +102,11 @@ def test_npz_by_path_takes_the_task_from_the_environment(tmp_path):
     np.testing.assert_array_equal(np.nonzero(data.terminals)[0], [6])  # row 7 of the file
     with pytest.raises(DatasetError, match="cannot tell which OGBench task"):
         load_dataset(str(path))
+    # `offbench run` takes the task from --env, so it asks for --env rather than a suite's file name.
+    args = ["run", "--algorithm", "bc", "--dataset", str(path), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "cannot tell which OGBench task" in result.output
+    assert "--env cube-single-singletask-task1-v0" in result.output
 
 
 def test_download_is_only_through_ogbench_and_only_when_asked(ogbench_dir, monkeypatch):

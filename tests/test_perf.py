@@ -12,7 +12,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from offbench.algorithms import get_algorithm, sampling
+from offbench.algorithms import sampling
+from offbench.algorithms.registry import get_algorithm
 from offbench.bench.cli import app
 from offbench.bench.engine import init_states, make_train_chunk, seed_keys, shared_arrays
 from offbench.bench.perf import benchmark as perf_benchmark

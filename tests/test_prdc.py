@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from offbench.algorithms import get_algorithm, knn, prdc, sampling
+from offbench.algorithms import knn, prdc, sampling
 from offbench.algorithms.config import resolve_config
+from offbench.algorithms.registry import get_algorithm
 from offbench.bench.engine import shared_arrays
 
 search = jax.jit(knn.nearest_neighbour, static_argnums=(3, 4))

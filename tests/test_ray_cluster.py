@@ -134,6 +134,35 @@ def test_a_gpu_request_without_cuda_fails_that_job_in_one_line_before_training(
     assert json.loads((tmp_path / "failures" / f"{name}.json").read_text())["error"] == message
 
 
+def test_a_plugin_file_reaches_the_worker_node_as_its_source(cluster, hopper_minari, tmp_path, monkeypatch):
+    """A file plug-in (TD3+BC copied and renamed) trains on the worker node from the source its job carries:
+    the file is gone before the sweep starts, and the rows equal the local executor's."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from offbench.bench import ray_executor
+
+    plugin = tmp_path / "mytd3.py"
+    text = (Path(results.__file__).parents[1] / "algorithms" / "td3bc.py").read_text()
+    plugin.write_text(text.replace('name="td3bc"', 'name="mytd3"'))
+    suite = parse_suite(tomllib.loads(suite_text(hopper_minari, [1.0]).replace('"td3bc"', f'"{plugin}"')))
+    plugin.unlink()
+    names = node_ids()
+    worker = next(node for node, name in names.items() if name == "worker")
+    original = ray_executor.run_ray
+    prefer_worker = {"scheduling_strategy": NodeAffinitySchedulingStrategy(worker, soft=False)}
+    monkeypatch.setattr(
+        ray_executor, "run_ray", lambda *a, **k: original(*a, **k, task_options=lambda planned: prefer_worker)
+    )
+    summary = sweep(suite, tmp_path / "ray", executor="ray", address=cluster.address)
+    print(*where(summary, names), sep="\n")
+    assert len(summary.finished) == 1 and not summary.failed, summary.failed
+    assert names[next(iter(summary.placements.values()))["node"]] == "worker"
+    monkeypatch.setattr(ray_executor, "run_ray", original)
+    sweep(suite, tmp_path / "local", workers=1)
+    assert_same_tables(tmp_path / "ray", tmp_path / "local")
+    assert set(pd.read_parquet(tmp_path / "ray" / "runs")["algorithm"]) == {"mytd3"}
+
+
 def test_a_worker_node_killed_mid_job_resumes_elsewhere_from_its_checkpoint(cluster, hopper_minari, tmp_path):
     """Runs last: the worker node does not come back."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import tomllib
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -169,6 +171,59 @@ def test_a_resume_on_replaced_data_is_refused(hopper_minari, tmp_path, monkeypat
         pd.testing.assert_frame_equal(comparable(rows(out, table)), comparable(rows(clean, table)))
     assert not (out / "checkpoints").exists() and not list(out.rglob("*.tmp-*"))
     assert not list((out / "failures").glob("*.json"))
+
+
+def write_d4rl_file(path: Path, seed: int) -> Path:
+    """A D4RL-format Hopper file of 300 random steps, uncompressed: every seed gives the same size."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    arrays = {
+        "observations": rng.normal(size=(n, 11)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "terminals": np.zeros(n, bool),
+        "timeouts": (np.arange(n) % 100 == 99),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as file:
+        for key, value in arrays.items():
+            file.create_dataset(key, data=value)
+    return path
+
+
+def replace_keeping_size_and_mtime(path: Path, replacement: Path) -> None:
+    """What ``cp -p``, ``rsync -a`` or an extracted archive does: other bytes, the old modification time."""
+    before = path.stat()
+    assert replacement.stat().st_size == before.st_size
+    shutil.copyfile(replacement, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_a_file_replaced_with_its_modification_time_preserved_is_refused(tmp_path, monkeypatch):
+    path = write_d4rl_file(tmp_path / "hopper-medium-v2.hdf5", seed=1)
+    other = write_d4rl_file(tmp_path / "other" / "hopper-medium-v2.hdf5", seed=2)
+    first = fingerprint.fingerprint(str(path))
+    suite = load(suite_text(str(path)))
+    out = tmp_path / "out"
+    original_save = checkpoint.save
+
+    def save_then_die(*args, **kwargs):
+        original_save(*args, **kwargs)
+        raise Killed
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    sweep(suite, out)
+    assert len(list((out / "checkpoints").iterdir())) == 2
+    monkeypatch.setattr(checkpoint, "save", original_save)
+
+    replace_keeping_size_and_mtime(path, other)
+    assert fingerprint.fingerprint(str(path)) == fingerprint.fingerprint(str(other)) != first
+    logged = []
+    resumed = sweep(suite, out, log=logged.append)
+    assert len(resumed.finished) == 2 and not resumed.failed
+    discarded = [line for line in logged if line.startswith("discarded checkpoint")]
+    assert len(discarded) == 2 and all("dataset contents changed" in line for line in discarded)
 
 
 def test_a_checkpoint_of_other_code_is_discarded_with_one_line(tmp_path):
@@ -357,12 +412,27 @@ def test_offbench_run_is_a_one_job_sweep(hopper_minari, tmp_path, monkeypatch):
     assert rows(out)["seed"].tolist() == [0, 1]  # the finished job's rows are untouched
 
 
-def test_run_defaults_to_an_output_folder_that_does_not_nest_runs(monkeypatch, tmp_path):
+def test_run_and_sweep_default_to_an_ignored_folder_outside_the_committed_results(monkeypatch, tmp_path):
+    """Without --out, `run` writes runs/adhoc and a built-in suite runs/<suite>: never into results/, which
+    holds the committed reference runs, and never a folder named like the runs/ table it will hold."""
+    import inspect
+
     from offbench.bench import cli
 
+    defaults = {p.name: p.default for p in inspect.signature(cli.run).parameters.values()}
+    assert defaults["out"] == Path("runs/adhoc")
+    planned_into = []
+
+    def plan(suite, out, download, on_code_change):
+        planned_into.append(out)
+        return sweep_module.Plan(todo=[], done=[], messages=[])
+
     monkeypatch.chdir(tmp_path)
-    defaults = {p.name: p.default for p in __import__("inspect").signature(cli.run).parameters.values()}
-    assert defaults["out"] == Path("results/adhoc")
+    monkeypatch.setattr(sweep_module, "plan", plan)
+    result = invoke("sweep", "default")
+    assert result.exit_code == 0, result.output
+    assert planned_into == [Path("runs/default")] and "results: runs/default" in result.output
+    assert "/runs/" in (Path(__file__).parents[1] / ".gitignore").read_text().splitlines()
 
 
 def check(results_dir: Path, baseline: Path):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from offbench.algorithms import available_algorithms, get_algorithm, sampling
+from offbench.algorithms import sampling
 from offbench.algorithms.config import BaseConfig
+from offbench.algorithms.registry import available_algorithms, get_algorithm
 from offbench.bench.engine import init_states, make_train_chunk, seed_keys, shared_arrays, training_data
 from offbench.datasets.dataset import DatasetSpec, build_dataset
 

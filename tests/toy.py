@@ -26,6 +26,7 @@ BATCH = Batch(
     rewards=jnp.array([1.0, 2.0]),
     next_observations=jnp.array([[0.0, 0.0, 1.0], [0.2, 0.2, 0.2]]),
     masks=jnp.array([1.0, 0.0]),  # the second transition is terminal
+    next_actions=jnp.array([[0.25, 0.0], [0.0, 0.25]]),  # a terminal's next action repeats its own
 )
 
 
@@ -46,3 +47,29 @@ def make_toy_dataset(
         terminals=terminals,
         timeouts=timeouts,
     )
+
+
+SMALL = {"hidden_dims": (32, 32), "batch_size": 16}
+# Every built-in algorithm at a size that compiles quickly.
+SMALL_CONFIGS = {
+    "bc": SMALL,
+    "td3bc": SMALL,
+    "iql": SMALL,
+    "cql": {"hidden_dims": (16, 16), "batch_size": 16, "cql_n_actions": 4},
+    "a2pr": {
+        "actor_hidden_dims": (8,),
+        "critic_hidden_dims": (8,),
+        "value_hidden_dims": (4,),
+        "vae_hidden_dims": (4, 4),
+        "batch_size": 16,
+    },
+    "prdc": {"hidden_dims": (16,), "batch_size": 16, "search_leaf_size": 2},
+    "dqc": {
+        "hidden_dims": (16,),
+        "batch_size": 8,
+        "num_samples": 4,
+        "flow_steps": 3,
+        "critic_horizon": 4,
+        "action_horizon": 2,
+    },
+}

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from offbench.algorithms import Algorithm, get_algorithm, sampling
+from offbench.algorithms import Algorithm, sampling
+from offbench.algorithms.registry import get_algorithm
 from offbench.bench.engine import init_states, make_train_chunk, seed_keys, shared_arrays, training_data
 from offbench.bench.perf.measure import chunk_memory, device_peak_bytes, seconds_per_call, tree_bytes
 from offbench.datasets.dataset import Dataset, DatasetSpec, build_dataset
@@ -249,7 +250,7 @@ def measure_algorithm(
     seconds = statistics.median(seconds_per_call(train_chunk, min_seconds, repeats))
     shape = (num_seeds, cfg.batch_size, network_width(cfg))
     return Measurement(
-        algorithm=name,
+        algorithm=algorithm.name,
         dataset=dataset.spec.id,
         dataset_size=dataset.size,
         warmup_updates=-(-warmup_updates // chunk) * chunk,

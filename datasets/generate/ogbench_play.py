@@ -268,7 +268,18 @@ def generate_play(
         solved = float(terminals.any(axis=1).mean())
         description = describe(env, task, episodes, episode_length, seed, solved)
         storage.write_atomically(
-            identifier, singletask_env_id(env, task), pieces, None, description, overwrite
+            identifier,
+            singletask_env_id(env, task),
+            pieces,
+            None,
+            description,
+            overwrite,
+            recipe={
+                "generator": "offbench.datasets.generate.ogbench_play",
+                "size": size,
+                "seed": seed,
+                "episode_length": episode_length,
+            },
         )
         if log is not None:
             log(

@@ -323,6 +323,7 @@ def generate_maze(
             refs,
             describe(maze, reward, size, seed, len(episodes), refs, reference_episodes),
             overwrite,
+            recipe={"generator": "offbench.datasets.generate.pointmaze", "size": size, "seed": seed},
             env_kwargs=collection_kwargs(size),
             eval_env_kwargs=evaluation_kwargs(maze),
         )
