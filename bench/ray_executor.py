@@ -17,7 +17,9 @@ The driver owns the output directory; nothing else writes under it.
   task that asked for a GPU and finds JAX without one fails at once, naming ``offbench[cuda12]``; the rows
   record the device JAX actually used. XLA's CPU threads are set to the CPUs asked for, and a GPU share
   caps JAX's GPU memory to that fraction so several jobs fit on one device.
-- **Algorithms travel by name** (the job's ``algorithm`` string): built-ins are imported on the worker.
+- **Algorithms travel with the job**: a built-in by its name, a plug-in as its ``AlgorithmSource`` (a
+  file plug-in's source text, a module's name and digest), loaded on the worker; the worker never reads
+  the driver's plug-in path.
 
 Everything a task writes on its node lives in one temporary folder, removed when the task ends.
 """
