@@ -72,9 +72,14 @@ lint: $(STAMP)
 
 # Trains the default suite from scratch into build/default, writes its report there, then checks the fresh
 # rows against the committed reference run results/default with the regression check's seed-noise rule.
+# WORKERS=N runs N jobs at once (default: one per core; WORKERS=1 runs them one after another), each with
+# its share of the cores, or THREADS XLA threads (THREADS=<cores>: rows bit-identical to WORKERS=1's).
+WORKERS ?=
+THREADS ?=
 bench: $(STAMP)
 	rm -rf build/default
-	$(BIN)/offbench sweep default --out build/default
+	$(BIN)/offbench sweep default --out build/default $(if $(WORKERS),--workers $(WORKERS)) \
+		$(if $(THREADS),--threads-per-worker $(THREADS))
 	$(BIN)/offbench report build/default
 	$(BIN)/offbench check --results build/default --baseline results/default/runs
 

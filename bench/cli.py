@@ -296,14 +296,52 @@ def sweep(
         bool, typer.Option("--download", help="Fetch the suite's missing remote Minari ids (needs internet).")
     ] = False,
     on_code_change: Annotated[str, typer.Option(help=CODE_CHANGE_HELP)] = "refuse",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Local executor: jobs run at once, each in its own process with its share of the cores "
+            "(default: one per core on a CPU, one on a GPU; 1 runs them one after another in this process)."
+        ),
+    ] = None,
+    threads_per_worker: Annotated[
+        int | None,
+        typer.Option(
+            help="With --workers: XLA threads of each worker (default: its share of the cores). XLA splits "
+            "some operations by its thread count, so rows equal a one-process sweep's bit for bit only with "
+            "as many threads as that process has (the usable cores); with fewer they agree to float rounding."
+        ),
+    ] = None,
+    cpus_per_job: Annotated[
+        float, typer.Option(help="Ray executor: CPUs each job's task asks for (XLA's threads follow it).")
+    ] = 1.0,
+    gpus_per_job: Annotated[
+        float,
+        typer.Option(
+            help="Ray executor: GPUs each job's task asks for; a fraction shares one GPU between jobs (0.5: "
+            "two per GPU). The workers need offbench\\[cuda12] (pip install 'offbench\\[cuda12]')."
+        ),
+    ] = 0.0,
 ) -> None:
     """Run every job of a suite (seeds vmapped inside each job). Reruns skip finished jobs, resume
     interrupted ones, and rerun exactly the jobs a changed suite changed."""
+    from offbench.bench.ray_executor import Resources
     from offbench.bench.suite import SuiteError, load_suite
     from offbench.bench.sweep import SweepStopped, check_executor, execute, plan
 
     try:
         check_executor(executor)
+        resources = Resources(cpus_per_job, gpus_per_job)
+        if executor == "local" and (cpus_per_job != 1.0 or gpus_per_job != 0.0):
+            raise SuiteError(
+                "--cpus-per-job and --gpus-per-job are Ray task requests: use them with --executor ray "
+                "(the local executor splits the cores by --workers)."
+            )
+        if workers is not None and workers < 1:
+            raise SuiteError(f"--workers must be at least 1, got {workers}.")
+        if threads_per_worker is not None and threads_per_worker < 1:
+            raise SuiteError(f"--threads-per-worker must be at least 1, got {threads_per_worker}.")
+        if workers is not None and executor != "local":
+            raise SuiteError("--workers is for the local executor; Ray runs one task per job on its own.")
         suite_spec = load_suite(suite)
         out = out or LOCAL_RUNS / suite_spec.name
         with console.status("validating the suite and preparing datasets"):
@@ -321,14 +359,39 @@ def sweep(
     try:
         if executor == "local":
             with Progress(*progress_columns("detail"), console=console) as progress:
-                summary = execute(planned, out, executor, address, progress, log)
+                summary = execute(
+                    planned,
+                    out,
+                    executor,
+                    address,
+                    progress,
+                    log,
+                    workers,
+                    threads_per_worker=threads_per_worker,
+                )
         else:
-            summary = execute(planned, out, executor, address, None, log)
+            summary = execute(planned, out, executor, address, None, log, None, resources, download)
+            for name, placed in summary.placements.items():
+                resumed = placed["resumed_from"]
+                log(
+                    f"{name}: ran on node {placed['node']}"
+                    + (f", resumed from update {resumed:,}" if resumed else "")
+                    + (f", device {placed['device']}" if placed.get("device") else "")
+                )
     except KeyboardInterrupt:
-        interrupted(out, [p.identity.name for p in planned.todo], f"offbench sweep {suite} --out {out}")
+        options = [f"--workers {workers}"] if workers else []
+        options += [f"--threads-per-worker {threads_per_worker}"] if threads_per_worker else []
+        if executor == "ray":
+            options += ["--executor ray", *([f"--address {address}"] if address else [])]
+            options += [f"--cpus-per-job {cpus_per_job:g}", f"--gpus-per-job {gpus_per_job:g}"]
+        options += ["--download"] if download else []
+        again = " ".join([f"offbench sweep {suite} --out {out}", *options])
+        interrupted(out, [p.identity.name for p in planned.todo], again)
     except SweepStopped as error:
         console.print(f"[bold red]error:[/] {escape(str(error))}")
         raise typer.Exit(code=1) from None
+    except SuiteError as error:  # the Ray executor refuses what it cannot send to its workers
+        fail(str(error))
     console.print(
         f"finished {len(summary.finished)} jobs, skipped {summary.skipped}, failed {len(summary.failed)}"
     )

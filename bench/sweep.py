@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from offbench import files
-from offbench.bench import results
+from offbench.bench import provenance, results
 from offbench.bench.suite import Suite, SuiteError, expand_datasets
 from offbench.bench.train import (
     ChunkReport,
@@ -46,6 +46,8 @@ class SweepSummary:
     skipped: int
     finished: list[str]
     failed: dict[str, str]
+    # Ray only: job name -> the node id it ran on, the update it resumed from, the device JAX used.
+    placements: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +123,21 @@ def retrying(name: str, out: Path, write: Callable[[], Any]) -> None:
             time.sleep(WRITE_RETRY_SECONDS)
 
 
+class JobFailed(Exception):
+    """A job failed in another process (a local worker, a Ray task): its message and details as text."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or message
+
+
 def record_failure(out: Path, planned: PlannedJob, error: BaseException) -> str:
     """Write ``failures/<job>.json``; an OSError here (a full disk) propagates, nothing half-written stays."""
-    message = f"{type(error).__name__}: {error}"
+    if isinstance(error, JobFailed):
+        message, details = error.message, error.details
+    else:
+        message, details = f"{type(error).__name__}: {error}", "".join(traceback.format_exception(error))
     job = dataclasses.asdict(planned.job)
     if planned.job.plugin is not None:  # where the plug-in came from, not its whole source
         job["plugin"] = planned.job.plugin.record()
@@ -132,7 +146,7 @@ def record_failure(out: Path, planned: PlannedJob, error: BaseException) -> str:
         "name": planned.identity.name,
         "job_id": planned.identity.job_id,
         "error": message,
-        "traceback": "".join(traceback.format_exception(error)),
+        "traceback": details,
         "timestamp": results.utc_now(),
     }
     write_text_atomic(
@@ -352,9 +366,22 @@ def check_distinct_jobs(jobs: list[Job]) -> None:
             )
 
 
+def chunk_detail(chunk: ChunkReport) -> str:
+    """The progress display's words for a finished chunk: speed, score (or return) and success."""
+    score = (
+        f"score {chunk.normalized_score:.1f}"
+        if chunk.normalized_score is not None
+        else f"return {chunk.return_mean:.1f}"
+    )
+    if not math.isnan(chunk.success_rate):
+        score += f", success {chunk.success_rate:.0%}"
+    return f"{chunk.updates_per_second:,.0f} upd/s/seed, {score}"
+
+
 def run_local(
     jobs: list[PlannedJob], out: Path, progress: Any | None = None, log: Callable[[str], None] = print
 ) -> tuple[list[str], dict[str, str]]:
+    """Run ``jobs`` one after another in this process."""
     from offbench.datasets.sources import load_dataset
 
     finished, failed = [], {}
@@ -370,18 +397,7 @@ def run_local(
 
         def report(chunk: ChunkReport) -> None:
             if progress is not None:
-                score = (
-                    f"score {chunk.normalized_score:.1f}"
-                    if chunk.normalized_score is not None
-                    else f"return {chunk.return_mean:.1f}"
-                )
-                if not math.isnan(chunk.success_rate):
-                    score += f", success {chunk.success_rate:.0%}"
-                progress.update(
-                    updates_task,
-                    completed=chunk.step,
-                    detail=f"{chunk.updates_per_second:,.0f} upd/s/seed, {score}",
-                )
+                progress.update(updates_task, completed=chunk.step, detail=chunk_detail(chunk))
 
         try:
             if job.dataset not in cache:
@@ -412,36 +428,26 @@ def record_or_stop(out: Path, planned: PlannedJob, error: Exception) -> str:
         ) from error
 
 
-def run_ray(jobs: list[PlannedJob], out: Path, address: str | None) -> tuple[list[str], dict[str, str]]:
-    """One Ray task per job; every task writes its own rows to the shared output path."""
-    try:
-        import ray
-    except ImportError as error:
-        raise SuiteError("the Ray executor needs ray: pip install 'offbench[ray]'.") from error
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    remote = ray.remote(num_cpus=1)(_ray_task)
-    pending = {remote.remote(planned, str(out.absolute())): planned for planned in jobs}
-    finished, failed = [], {}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        planned = pending.pop(done[0])
-        try:
-            finished.append(ray.get(done[0]))
-        except Exception as error:
-            failed[planned.identity.name] = record_or_stop(out, planned, error)
-    return finished, failed
-
-
-def _ray_task(planned: PlannedJob, out: str) -> str:
-    return run_and_write(planned, Path(out))
-
-
 EXECUTORS = ("local", "ray")
 
 
 def check_executor(executor: str) -> None:
     if executor not in EXECUTORS:
         raise SuiteError(f"unknown executor {executor!r}: use {' or '.join(map(repr, EXECUTORS))}.")
+
+
+def resolve_workers(workers: int | None, jobs: int) -> int:
+    """``--workers``: as given (at least 1), or by default one per core on a CPU and one on an
+    accelerator (:func:`offbench.bench.workers.default_workers`)."""
+    from offbench.bench.workers import default_workers
+
+    if workers is not None:
+        if workers < 1:
+            raise SuiteError(f"--workers must be at least 1, got {workers}.")
+        return workers
+    if jobs <= 1:
+        return 1
+    return default_workers(jobs, accelerator=provenance.device()["device_platform"] != "cpu")
 
 
 def execute(
@@ -451,15 +457,35 @@ def execute(
     address: str | None = None,
     progress: Any | None = None,
     log: Callable[[str], None] = print,
+    workers: int | None = 1,
+    resources: Any | None = None,
+    download: bool = False,
+    threads_per_worker: int | None = None,
 ) -> SweepSummary:
-    """Run a plan's jobs on ``executor`` (local, or ray: one Ray task per job)."""
+    """Run a plan's jobs on ``executor``: local (one after another in this process, or ``workers`` at once
+    in child processes; None picks by :func:`resolve_workers`), or ray (one Ray task per job asking for
+    ``resources``, a :class:`offbench.bench.ray_executor.Resources`; ``download``: remote Minari ids are
+    fetched on the workers)."""
     check_executor(executor)
+    placements: dict[str, dict[str, Any]] = {}
     if executor == "local":
-        finished, failed = run_local(planned.todo, out, progress, log)
+        workers = resolve_workers(workers, len(planned.todo))
+        if workers > 1 and len(planned.todo) > 1:
+            from offbench.bench.workers import run_parallel
+
+            finished, failed = run_parallel(planned.todo, out, workers, progress, log, threads_per_worker)
+        else:
+            finished, failed = run_local(planned.todo, out, progress, log)
+    elif planned.todo:
+        from offbench.bench.ray_executor import Resources, run_ray
+
+        finished, failed, placements = run_ray(
+            planned.todo, out, address, resources or Resources(), download, log
+        )
     else:
-        finished, failed = run_ray(planned.todo, out, address)
+        finished, failed = [], {}
     total = len(planned.todo) + len(planned.done)
-    return SweepSummary(total=total, skipped=len(planned.done), finished=finished, failed=failed)
+    return SweepSummary(total, len(planned.done), finished, failed, placements)
 
 
 def sweep(
@@ -471,8 +497,13 @@ def sweep(
     download: bool = False,
     on_code_change: str = "refuse",
     log: Callable[[str], None] = print,
+    workers: int | None = 1,
+    resources: Any | None = None,
+    threads_per_worker: int | None = None,
 ) -> SweepSummary:
     planned = plan(suite, out, download, on_code_change)
     for message in planned.messages:
         log(message)
-    return execute(planned, out, executor, address, progress, log)
+    return execute(
+        planned, out, executor, address, progress, log, workers, resources, download, threads_per_worker
+    )

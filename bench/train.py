@@ -410,12 +410,15 @@ def run_job(
     checkpoint_dir: Path | None = None,
     identity: JobIdentity | None = None,
     log: Callable[[str], None] = print,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
 ) -> JobOutput:
     """Train and evaluate every seed of ``job``; return its tables and final states.
 
     With ``checkpoint_dir`` the job saves its state after every chunk and, when started again, resumes
     from the last saved chunk, but only a checkpoint of the same identity and code version: the rows are
     then identical to an uninterrupted run's. Any other checkpoint is discarded with a line to ``log``.
+    ``on_checkpoint(checkpoint_dir, step)`` is called after each checkpoint is complete (the Ray executor
+    sends it to the driver).
     """
     algorithm = algorithm_of(job)
     if dataset is None:
@@ -436,6 +439,7 @@ def run_job(
         restored = restore_checkpoint(checkpoint_dir, checkpoint_key, states, keys, log)
         if restored is not None:
             states, keys, progress = restored
+            log(f"{identity.name}: resuming from its checkpoint at update {progress.step:,}")
     started = time.perf_counter() - progress.wall_offset
     chunk_fns: dict[int, Callable] = {}
 
@@ -466,5 +470,7 @@ def run_job(
             on_chunk(chunk_report(progress, dataset.spec, episodes))
         if checkpoint_dir is not None and progress.step < job.steps:
             save_checkpoint(checkpoint_dir, checkpoint_key, job, identity, cfg, states, keys, progress, wall)
+            if on_checkpoint is not None:
+                on_checkpoint(checkpoint_dir, progress.step)
     evaluator.close()
     return job_output(job, identity, cfg, dataset, states, progress)

@@ -208,7 +208,8 @@ def test_a_disk_too_full_to_record_the_failure_stops_the_sweep_with_one_message(
     suite_file = tmp_path / "faults.toml"
     suite_file.write_text(suite_text(hopper_minari))
     out = tmp_path / "out"
-    result = runner.invoke(app, ["sweep", str(suite_file), "--out", str(out)])
+    # One process: the patched writers are this process's (workers would write with their own).
+    result = runner.invoke(app, ["sweep", str(suite_file), "--out", str(out), "--workers", "1"])
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if "error:" in line]
     assert len(errors) == 1 and "stopped: cannot write the results of bc-uniform" in " ".join(

@@ -1,5 +1,5 @@
-"""Suites and sweeps: validation before training, failures recorded, Ray and local executors (resume
-after SIGKILL: test_faults.py)."""
+"""Suites and sweeps: validation before training, failures recorded (resume after SIGKILL:
+test_faults.py; parallel workers: test_workers.py; the Ray executor on two nodes: test_ray_cluster.py)."""
 
 from __future__ import annotations
 
@@ -189,27 +189,6 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(hopper_minari, tmp_path
 def test_suite_files_ship_with_the_package():
     assert {"default", "ci", "locomotion", "minari-mujoco"} <= set(builtin_suites()), builtin_suites()
     assert all(Path(p).exists() for p in builtin_suites().values())
-
-
-def test_ray_executor_writes_the_same_rows_as_local(hopper_minari, minari_root, tmp_path, monkeypatch):
-    ray = pytest.importorskip("ray", reason="the Ray executor test needs `pip install 'offbench[ray]'`")
-    import tomllib
-
-    suite = parse_suite(tomllib.loads(suite_toml(hopper_minari, steps=20)))
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local instance for this test
-    try:
-        summary = sweep(suite, tmp_path / "ray", executor="ray")
-    finally:
-        ray.shutdown()
-    assert len(summary.finished) == 1 and not summary.failed
-    local = sweep(suite, tmp_path / "local")
-    assert len(local.finished) == 1
-    for table in ("evals", "runs"):
-        pd.testing.assert_frame_equal(
-            comparable(pd.read_parquet(tmp_path / "ray" / table)),
-            comparable(pd.read_parquet(tmp_path / "local" / table)),
-        )
 
 
 def test_labels_tell_entries_of_one_algorithm_apart(hopper_minari, tmp_path):
