@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 LOCK ?= requirements/lock-cpu.txt
 STAMP := $(VENV)/.installed-stamp
+# XLA threads per sweep job (see `bench`).
+THREADS ?= $(shell nproc)
 
 .PHONY: install install-cuda12 lock test ci-baseline test-slow test-package docs lint bench bench-reference policies \
 	clean chromium
@@ -46,12 +48,14 @@ CI_DATASETS := build/ci-datasets
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 	rm -rf build/ci $(CI_DATASETS)
-	MINARI_DATASETS_PATH=$(CURDIR)/$(CI_DATASETS) $(BIN)/offbench sweep ci --out build/ci
+	MINARI_DATASETS_PATH=$(CURDIR)/$(CI_DATASETS) $(BIN)/offbench sweep ci --out build/ci \
+		--threads-per-worker $(THREADS)
 	$(BIN)/offbench check --results build/ci --baseline results/ci/baseline.parquet --require-same-data
 
 ci-baseline: $(STAMP)
 	rm -rf build/ci $(CI_DATASETS)
-	MINARI_DATASETS_PATH=$(CURDIR)/$(CI_DATASETS) $(BIN)/offbench sweep ci --out build/ci
+	MINARI_DATASETS_PATH=$(CURDIR)/$(CI_DATASETS) $(BIN)/offbench sweep ci --out build/ci \
+		--threads-per-worker $(THREADS)
 	$(BIN)/offbench check --results build/ci --baseline results/ci/baseline.parquet --write-baseline
 
 # Every slow test: the learning tests, the long fault-injection run, and the package test below.
@@ -73,9 +77,11 @@ lint: $(STAMP)
 # Trains the default suite from scratch into build/default, writes its report there, then checks the fresh
 # rows against the committed reference run results/default with the regression check's seed-noise rule.
 # WORKERS=N runs N jobs at once (default: one per core; WORKERS=1 runs them one after another), each with
-# its share of the cores, or THREADS XLA threads (THREADS=<cores>: rows bit-identical to WORKERS=1's).
+# THREADS XLA threads. XLA's float results depend on its thread count, and the references were made with one
+# process on all the cores of a 2-core machine, so THREADS defaults to the core count: the rows of any
+# WORKERS then equal the reference's on a machine of that many cores. THREADS= (empty) gives each worker its
+# share of the cores instead: faster, and equal to the reference only to rounding.
 WORKERS ?=
-THREADS ?=
 bench: $(STAMP)
 	rm -rf build/default
 	$(BIN)/offbench sweep default --out build/default $(if $(WORKERS),--workers $(WORKERS)) \
@@ -86,7 +92,7 @@ bench: $(STAMP)
 # Regenerates the committed reference run (after a change that alters what an algorithm computes).
 bench-reference: $(STAMP)
 	rm -rf build/default-reference
-	$(BIN)/offbench sweep default --out build/default-reference
+	$(BIN)/offbench sweep default --out build/default-reference --threads-per-worker $(THREADS)
 	$(BIN)/offbench report build/default-reference
 	rm -rf build/default-reference/policies
 	rm -rf results/default && mv build/default-reference results/default

@@ -34,7 +34,7 @@ def other_machine(environment: dict[str, str]) -> dict[str, str]:
     """``environment`` changed to stand for another CPU and thread count."""
     from numpy._core import _multiarray_umath
 
-    flags = ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
+    flags = ["--xla_cpu_multi_thread_eigen=false"]
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags.insert(0, "--xla_cpu_max_isa=SSE4_2")
     return {
@@ -42,6 +42,7 @@ def other_machine(environment: dict[str, str]) -> dict[str, str]:
         "XLA_FLAGS": " ".join(flags),
         # Every feature NumPy dispatches on at run time (its baseline cannot be turned off).
         "NPY_DISABLE_CPU_FEATURES": " ".join(_multiarray_umath.__cpu_dispatch__),
+        "NPROC": "1",  # the size of XLA's CPU thread pool
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
     }
