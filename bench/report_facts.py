@@ -34,6 +34,9 @@ RUNS_COLUMNS = [
     "dataset_episodes",
     "dataset_tq",
     "dataset_saco",
+    # Where each algorithm came from: a plug-in's hyper-parameters are read from its own declaration.
+    "algorithm_origin",
+    "algorithm_digest",
 ]
 NOT_RECORDED = "not recorded"
 QUALITY_SOURCES = {

@@ -105,6 +105,13 @@ def test_a_td3bc_copy_and_a_new_starter_run_by_path_give_td3bcs_rows(hopper_mina
     for name in ("evals", "runs", "metrics"):
         for plugin in ("mytd3", "mine"):
             pd.testing.assert_frame_equal(table(out, name, "td3bc"), table(out, name, plugin))
+    # The report reads each plug-in's hyper-parameters from its own declaration, found by its origin.
+    from offbench.bench import report, report_facts
+
+    runs = report.load_results(out).runs
+    facts = report_facts.hyperparameters(runs.assign(method=runs["label"]))
+    assert set(facts.loc[facts["name"] == "alpha", "method"]) == {"td3bc", "mytd3", "mine"}
+    assert (facts["source"] != "unknown").all()
 
 
 def test_editing_a_plugin_is_a_change_of_code(hopper_minari, tmp_path):
