@@ -163,6 +163,8 @@ def test_a_plugin_file_reaches_the_worker_node_as_its_source(cluster, hopper_min
     assert set(pd.read_parquet(tmp_path / "ray" / "runs")["algorithm"]) == {"mytd3"}
 
 
+# Slow (35-86 s on 2 shared cores): it keeps the default test run within its 15-minute budget.
+@pytest.mark.slow
 def test_a_worker_node_killed_mid_job_resumes_elsewhere_from_its_checkpoint(cluster, hopper_minari, tmp_path):
     """Runs last: the worker node does not come back."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
