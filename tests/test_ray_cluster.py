@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from ray_cluster import HEAD_RESOURCE, WORKER_RESOURCE, Cluster
+from same_tables import assert_same_tables
 
 from offbench.bench import results
 from offbench.bench.ray_executor import Resources
@@ -24,7 +25,6 @@ from offbench.bench.sweep import sweep
 
 ray = pytest.importorskip("ray", reason="the Ray cluster tests need `pip install 'offbench[ray]'`")
 
-TIMING = {"wall_time_s", "train_seconds", "compile_seconds", "eval_seconds", "updates_per_second_per_seed"}
 
 
 def suite_text(dataset: str, alphas: list[float], steps: int = 20) -> str:
@@ -42,22 +42,6 @@ name = "td3bc"
 hparams = {{ hidden_dims = [8], batch_size = 16 }}
 grid = {{ alpha = {alphas} }}
 """
-
-
-def comparable(frame: pd.DataFrame) -> pd.DataFrame:
-    drop = [c for c in frame.columns if c in TIMING or c == "written_at"]
-    keys = ["job", "seed", *(c for c in ("step", "name") if c in frame)]
-    return frame.drop(columns=drop).sort_values(keys).reset_index(drop=True)
-
-
-def assert_same_tables(out: Path, reference: Path) -> None:
-    for table in results.TABLES:
-        pd.testing.assert_frame_equal(
-            comparable(pd.read_parquet(out / table)), comparable(pd.read_parquet(reference / table))
-        )
-    assert sorted(p.name for p in (out / "policies").iterdir()) == sorted(
-        p.name for p in (reference / "policies").iterdir()
-    )
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,14 @@ import time
 import tomllib
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from same_tables import assert_same_tables
 from typer.testing import CliRunner
 
-from offbench.bench import results
 from offbench.bench import workers as workers_module
 from offbench.bench.cli import app
 from offbench.bench.suite import parse_suite
 from offbench.bench.sweep import sweep
-
-TIMING = {"wall_time_s", "train_seconds", "compile_seconds", "eval_seconds", "updates_per_second_per_seed"}
 
 
 def suite_text(dataset: str, steps: int = 40) -> str:
@@ -41,22 +38,6 @@ name = "td3bc"
 hparams = {{ hidden_dims = [8], batch_size = 16 }}
 grid = {{ alpha = [1.0, 2.0] }}
 """
-
-
-def comparable(frame: pd.DataFrame) -> pd.DataFrame:
-    drop = [c for c in frame.columns if c in TIMING or c == "written_at"]
-    keys = ["job", "seed", *(c for c in ("step", "name") if c in frame)]
-    return frame.drop(columns=drop).sort_values(keys).reset_index(drop=True)
-
-
-def assert_same_tables(out: Path, reference: Path) -> None:
-    for table in results.TABLES:
-        pd.testing.assert_frame_equal(
-            comparable(pd.read_parquet(out / table)), comparable(pd.read_parquet(reference / table))
-        )
-    assert sorted(p.name for p in (out / "policies").iterdir()) == sorted(
-        p.name for p in (reference / "policies").iterdir()
-    )
 
 
 class RecordingProgress:
