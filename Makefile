@@ -5,8 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 LOCK ?= requirements/lock-cpu.txt
 STAMP := $(VENV)/.installed-stamp
-# XLA threads per sweep job (see `bench`).
-THREADS ?= $(shell nproc)
+# XLA threads of each sweep job (see `bench`).
+THREADS ?= 1
 
 .PHONY: install install-cuda12 lock test ci-baseline test-slow test-package docs lint bench bench-reference policies \
 	clean chromium
@@ -77,10 +77,9 @@ lint: $(STAMP)
 # Trains the default suite from scratch into build/default, writes its report there, then checks the fresh
 # rows against the committed reference run results/default with the regression check's seed-noise rule.
 # WORKERS=N runs N jobs at once (default: one per core; WORKERS=1 runs them one after another), each with
-# THREADS XLA threads. XLA's float results depend on its thread count, and the references were made with one
-# process on all the cores of a 2-core machine, so THREADS defaults to the core count: the rows of any
-# WORKERS then equal the reference's on a machine of that many cores. THREADS= (empty) gives each worker its
-# share of the cores instead: faster, and equal to the reference only to rounding.
+# THREADS XLA threads (default 1). XLA's float results depend on its thread count, not on the number of
+# workers, so with the THREADS the references were made with (1) the rows of any WORKERS, on any number of
+# cores, equal the reference's on a CPU of the same instruction set.
 WORKERS ?=
 bench: $(STAMP)
 	rm -rf build/default

@@ -284,6 +284,18 @@ def run(
     print("\n".join(f"{path.parent.name + ':':9s}{path}" for path in paths))
 
 
+def job_threads(threads_per_worker: int | None) -> int | None:
+    """``--threads-per-worker``: as given, or on a CPU the fixed default that makes rows independent of the
+    worker count (:data:`offbench.bench.workers.DEFAULT_JOB_THREADS`); None on an accelerator, where the
+    jobs run one after another in this process by default."""
+    from offbench.bench import provenance
+    from offbench.bench.workers import DEFAULT_JOB_THREADS
+
+    if threads_per_worker is not None or provenance.device()["device_platform"] != "cpu":
+        return threads_per_worker
+    return DEFAULT_JOB_THREADS
+
+
 @app.command()
 def sweep(
     suite: Annotated[
@@ -299,16 +311,16 @@ def sweep(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Local executor: jobs run at once, each in its own process with its share of the cores "
-            "(default: one per core on a CPU, one on a GPU; 1 runs them one after another in this process)."
+            help="Local executor: jobs run at once, each in its own process (default: one per core on a CPU, "
+            "one on a GPU; 1 runs them one after another)."
         ),
     ] = None,
     threads_per_worker: Annotated[
         int | None,
         typer.Option(
-            help="With --workers: XLA threads of each worker (default: its share of the cores). XLA splits "
-            "some operations by its thread count, so rows equal a one-process sweep's bit for bit only with "
-            "as many threads as that process has (the usable cores); with fewer they agree to float rounding."
+            help="Local executor: XLA CPU threads each job trains with (default on a CPU: 1, whatever "
+            "--workers is). XLA splits some operations by its thread count, so rows are identical between "
+            "sweeps, and machines, only at the same count; rows record it (xla_cpu_threads)."
         ),
     ] = None,
     cpus_per_job: Annotated[
@@ -367,7 +379,7 @@ def sweep(
                     progress,
                     log,
                     workers,
-                    threads_per_worker=threads_per_worker,
+                    threads_per_worker=job_threads(threads_per_worker),
                 )
         else:
             summary = execute(planned, out, executor, address, None, log, None, resources, download)

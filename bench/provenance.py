@@ -152,6 +152,15 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def xla_cpu_threads() -> int:
+    """The size of XLA's CPU intra-op thread pool: JAX's CPU client takes it from ``NPROC`` when that is set
+    (the sweep's workers set it, see :func:`offbench.bench.workers.thread_environment`), else the cores."""
+    try:
+        return max(1, int(os.environ["NPROC"]))
+    except (KeyError, ValueError):
+        return cpu_cores()
+
+
 @cache
 def device() -> dict[str, Any]:
     """The device JAX trains on: ``device`` reads e.g. "cpu: AMD EPYC 7B13 (2 cores)" or
@@ -175,6 +184,7 @@ def device() -> dict[str, Any]:
         "host_cpu_id": cpu_id(),
         "host_cpu_isa": cpu_isa(),
         "host_cpu_cores": cpu_cores(),
+        "xla_cpu_threads": xla_cpu_threads(),
     }
 
 

@@ -22,8 +22,8 @@ job identity, the budget columns of ``runs``, the ``metrics`` table (the ``metri
 ``evals`` are gone) and full provenance, and renames ``updates_per_second`` to
 ``updates_per_second_per_seed`` and ``timestamp`` to ``written_at``; 4 adds ``dataset_generation``,
 ``host_cpu_id`` and ``host_cpu_isa``; 5 adds ``algorithm_origin`` and ``algorithm_digest`` (plug-in
-algorithms). :func:`read_table` reads older files as this version (columns they never had are null, and
-their algorithms are built-ins).
+algorithms); 6 adds ``xla_cpu_threads``. :func:`read_table` reads older files as this version (columns
+they never had are null, and their algorithms are built-ins).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from offbench import files
 from offbench.datasets.dataset import DATASET_FILE_SUFFIXES, DatasetSpec
 from offbench.files import atomic_path
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 TABLES = ("evals", "runs", "metrics")
 
 COLUMN_DOCS: dict[str, str] = {
@@ -138,6 +138,8 @@ COLUMN_DOCS: dict[str, str] = {
     "host_cpu_id": "Host CPU vendor, family, model and stepping (ARM: implementer and part).",
     "host_cpu_isa": "Host CPU instruction-set level: x86-64-v2/v3 (AVX2)/v4 (AVX-512), or aarch64(+sve).",
     "host_cpu_cores": "CPU cores available to the process.",
+    "xla_cpu_threads": "XLA's CPU intra-op threads in the training process (`NPROC`, else its cores); a CPU "
+    "run's floats depend on it, so rows are identical between runs only at the same count.",
     "schema_version": "Results schema version of the row.",
     "written_at": "UTC time the row was written (ISO 8601).",
 }
@@ -192,6 +194,7 @@ PROVENANCE_FIELDS = _fields(
     ("host_cpu_id", pa.string()),
     ("host_cpu_isa", pa.string()),
     ("host_cpu_cores", pa.int64()),
+    ("xla_cpu_threads", pa.int64()),
     ("schema_version", pa.int64()),
     ("written_at", pa.string()),
 )

@@ -462,15 +462,16 @@ def execute(
     download: bool = False,
     threads_per_worker: int | None = None,
 ) -> SweepSummary:
-    """Run a plan's jobs on ``executor``: local (one after another in this process, or ``workers`` at once
-    in child processes; None picks by :func:`resolve_workers`), or ray (one Ray task per job asking for
+    """Run a plan's jobs on ``executor``: local (one after another in this process, or in child processes,
+    ``workers`` at once, when there is more than one worker or ``threads_per_worker`` fixes their XLA
+    threads; None picks by :func:`resolve_workers`), or ray (one Ray task per job asking for
     ``resources``, a :class:`offbench.bench.ray_executor.Resources`; ``download``: remote Minari ids are
     fetched on the workers)."""
     check_executor(executor)
     placements: dict[str, dict[str, Any]] = {}
     if executor == "local":
         workers = resolve_workers(workers, len(planned.todo))
-        if workers > 1 and len(planned.todo) > 1:
+        if planned.todo and (threads_per_worker is not None or workers > 1):
             from offbench.bench.workers import run_parallel
 
             finished, failed = run_parallel(planned.todo, out, workers, progress, log, threads_per_worker)

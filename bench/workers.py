@@ -1,11 +1,11 @@
 """Parallel local jobs: ``offbench sweep --workers N`` runs up to N jobs at once, each in its own process.
 
 Each job runs in a fresh interpreter (``python -m offbench.bench.workers``: JAX is not fork-safe), started
-with XLA's intra-op threads set to its share of the cores (:func:`thread_environment`), and writes its
-rows, policy and checkpoints under the output directory exactly as a sequential sweep does. XLA splits
-some operations by its thread pool's size, so a worker with fewer threads than a sequential sweep's
-process agrees with its rows to float rounding, and bit for bit only where nothing is split (small
-networks); docs/scaling.md has the measurements. The parent
+with a fixed number of XLA intra-op threads (:func:`thread_environment`, :data:`DEFAULT_JOB_THREADS`), and
+writes its rows, policy and checkpoints under the output directory exactly as a sequential sweep does.
+XLA splits some operations by its thread pool's size, so a job's floats depend on its thread count: with
+the same count for every job, a sweep's rows are the same whatever the number of workers and whatever
+the machine's core count (docs/scaling.md has the measurements). The parent
 sends the job down the child's stdin and reads one JSON event a line back (chunk progress, log lines, the
 outcome); everything else the child prints goes to a log file, whose tail a failure record keeps.
 
@@ -65,9 +65,12 @@ def default_workers(jobs: int, accelerator: bool = False) -> int:
     return max(1, min(usable_cores(), jobs))
 
 
-def thread_shares(workers: int, cores: int) -> list[int]:
-    """Intra-op threads per worker: the cores split as evenly as they go, at least one each."""
-    return [max(1, cores // workers + (1 if i < cores % workers else 0)) for i in range(workers)]
+# XLA CPU threads of every job of a CPU sweep, whatever --workers is. XLA decides how to split some
+# reductions by its thread pool's size, so a fixed count is what makes a sweep's rows independent of the
+# worker count and of the machine's cores. One, because offbench's 256-wide networks leave XLA's threads
+# little to split: on a 2-core machine two one-thread jobs side by side train more than one job on both
+# cores (see default_workers), so one thread per job and one job per core is also the fastest layout.
+DEFAULT_JOB_THREADS = 1
 
 
 def thread_environment(threads: int, environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -165,22 +168,19 @@ def run_parallel(
     threads_per_worker: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """Run ``jobs`` in up to ``workers`` child processes at once; returns (finished names, failed name ->
-    message), like the sequential executor. Each worker's XLA threads: ``threads_per_worker``, or by
-    default its share of the usable cores (:func:`thread_shares`)."""
+    message), like the sequential executor. Each child trains with ``threads_per_worker`` XLA threads
+    (default :data:`DEFAULT_JOB_THREADS`)."""
     from offbench.bench.sweep import JobFailed, record_or_stop
 
     workers = max(1, min(workers, len(jobs)))
-    threads = (
-        [threads_per_worker] * workers
-        if threads_per_worker is not None
-        else thread_shares(workers, usable_cores())
-    )
+    threads = threads_per_worker or DEFAULT_JOB_THREADS
     events: queue.Queue = queue.Queue()
     waiting, running = list(jobs), {}
     finished, failed = [], {}
     jobs_task, slot_tasks = None, []
     if progress is not None:
-        jobs_task = progress.add_task("jobs", total=len(jobs), detail=f"{workers} workers")
+        layout = f"{workers} workers × {threads} XLA thread{'s' * (threads > 1)}"
+        jobs_task = progress.add_task("jobs", total=len(jobs), detail=layout)
         slot_tasks = [progress.add_task(f"worker {i}", total=1, detail="") for i in range(workers)]
     with tempfile.TemporaryDirectory(prefix="offbench-workers-") as logs:
         try:
@@ -190,7 +190,7 @@ def run_parallel(
                         break
                     planned = waiting.pop(0)
                     log_path = Path(logs) / f"{planned.identity.name}.log"
-                    process = start_worker(planned, out, threads[slot], log_path)
+                    process = start_worker(planned, out, threads, log_path)
                     running[slot] = Running(planned, process, slot, log_path)
                     threading.Thread(target=read_events, args=(slot, process, events), daemon=True).start()
                     if progress is not None:

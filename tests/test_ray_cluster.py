@@ -97,7 +97,7 @@ def test_four_jobs_over_two_nodes_equal_the_local_executors_tables(cluster, hopp
     print(*lines, sep="\n")
     assert len(summary.finished) == 4 and not summary.failed, summary.failed
     assert {line.split(" ran on the ")[1] for line in lines} == {"head node", "worker node"}
-    local = sweep(suite, tmp_path / "local", workers=1)
+    local = sweep(suite, tmp_path / "local", workers=1, threads_per_worker=1)
     assert len(local.finished) == 4
     assert_same_tables(tmp_path / "ray", tmp_path / "local")
     assert not list(cluster.worker_minari.iterdir())
@@ -142,7 +142,7 @@ def test_a_plugin_file_reaches_the_worker_node_as_its_source(cluster, hopper_min
     assert len(summary.finished) == 1 and not summary.failed, summary.failed
     assert names[next(iter(summary.placements.values()))["node"]] == "worker"
     monkeypatch.setattr(ray_executor, "run_ray", original)
-    sweep(suite, tmp_path / "local", workers=1)
+    sweep(suite, tmp_path / "local", workers=1, threads_per_worker=1)
     assert_same_tables(tmp_path / "ray", tmp_path / "local")
     assert set(pd.read_parquet(tmp_path / "ray" / "runs")["algorithm"]) == {"mytd3"}
 
@@ -194,6 +194,6 @@ def test_a_worker_node_killed_mid_job_resumes_elsewhere_from_its_checkpoint(clus
     (placed,) = summary.placements.values()
     assert names[placed["node"]] == "head" and placed["resumed_from"] > 0
     reference = tmp_path / "local"
-    sweep(suite, reference, workers=1)
+    sweep(suite, reference, workers=1, threads_per_worker=1)
     assert_same_tables(out, reference)
     assert not (out / "checkpoints").exists()

@@ -13,6 +13,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from same_tables import assert_same_tables
 from typer.testing import CliRunner
@@ -67,7 +68,7 @@ def test_workers_write_a_sequential_sweeps_rows_and_a_killed_worker_is_resumed(
     finishes; the rerun resumes it from the checkpoint, and the tables equal a sequential sweep's."""
     suite = parse_suite(tomllib.loads(suite_text(hopper_minari)))
     reference = tmp_path / "sequential"
-    assert len(sweep(suite, reference, workers=1).finished) == 2
+    assert len(sweep(suite, reference, workers=1, threads_per_worker=1).finished) == 2
 
     started: dict[str, subprocess.Popen] = {}
     original_start = workers_module.start_worker
@@ -164,9 +165,30 @@ def test_a_worker_gets_its_share_of_xlas_threads():
             [sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=True
         ).stdout
         assert int(output.split()[-1]) == threads
-    assert workers_module.thread_shares(2, 2) == [1, 1]
-    assert workers_module.thread_shares(3, 8) == [3, 3, 2]
-    assert workers_module.thread_shares(4, 2) == [1, 1, 1, 1]
+
+
+def test_the_cli_gives_every_job_one_xla_thread_whatever_the_worker_count(
+    hopper_minari, minari_root, tmp_path
+):
+    """XLA's CPU floats can depend on its thread count (on some CPUs, at the paper's network sizes), so
+    the CLI trains every CPU job with the same one thread: one worker and two write identical rows, which
+    record the count, and --threads-per-worker changes it."""
+    suite_file = tmp_path / "workers.toml"
+    suite_file.write_text(suite_text(hopper_minari, steps=20))
+    outputs = {}
+    for name, options in {
+        "sequential": ["--workers", "1"],
+        "parallel": [],
+        "two-threads": ["--threads-per-worker", "2"],
+    }.items():
+        outputs[name] = tmp_path / name
+        result = CliRunner().invoke(
+            app, ["sweep", str(suite_file), "--out", str(outputs[name]), *options], catch_exceptions=False
+        )
+        assert result.exit_code == 0 and "finished 2 jobs" in result.output, result.output
+    assert_same_tables(outputs["parallel"], outputs["sequential"])
+    assert pd.read_parquet(outputs["sequential"] / "runs")["xla_cpu_threads"].eq(1).all()
+    assert pd.read_parquet(outputs["two-threads"] / "runs")["xla_cpu_threads"].eq(2).all()
 
 
 @pytest.mark.parametrize(
