@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from offbench import files
+from offbench.bench import cli as cli_module
 from offbench.bench import results
 from offbench.bench import sweep as sweep_module
 from offbench.bench.cli import app
@@ -208,7 +209,9 @@ def test_a_disk_too_full_to_record_the_failure_stops_the_sweep_with_one_message(
     suite_file = tmp_path / "faults.toml"
     suite_file.write_text(suite_text(hopper_minari))
     out = tmp_path / "out"
-    # One process: the patched writers are this process's (workers would write with their own).
+    # The jobs run in this process, as they do on a GPU, so that they write with the patched writers (a
+    # CPU sweep's workers are processes of their own).
+    monkeypatch.setattr(cli_module, "job_threads", lambda threads_per_worker: None)
     result = runner.invoke(app, ["sweep", str(suite_file), "--out", str(out), "--workers", "1"])
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if "error:" in line]
