@@ -77,9 +77,9 @@ lint: $(STAMP)
 # Trains the default suite from scratch into build/default, writes its report there, then checks the fresh
 # rows against the committed reference run results/default with the regression check's seed-noise rule.
 # WORKERS=N runs N jobs at once (default: one per core; WORKERS=1 runs them one after another), each with
-# THREADS XLA threads (default 1). XLA's float results depend on its thread count, not on the number of
-# workers, so with the THREADS the references were made with (1) the rows of any WORKERS, on any number of
-# cores, equal the reference's on a CPU of the same instruction set.
+# THREADS XLA threads (default 1). XLA's float results can depend on its thread count, never on the number
+# of workers, so with the THREADS the references were made with (1) the rows of any WORKERS equal the
+# reference's on a CPU like the one that made it (other CPUs can differ in the last bits).
 WORKERS ?=
 bench: $(STAMP)
 	rm -rf build/default
