@@ -33,15 +33,12 @@ CHUNK = 20
 def child(algorithm_name: str, seeds: int, size: int, window_seconds: float) -> None:
     """Train ``seeds`` vmapped seeds; print ``ready``, read the start time, print the window's updates."""
     from offbench.algorithms.registry import get_algorithm
-    from offbench.bench.engine import init_states, make_train_chunk, seed_keys, shared_arrays, training_data
-    from offbench.bench.perf.updates import random_dataset
+    from offbench.bench.engine import make_train_chunk
+    from offbench.bench.perf.updates import random_dataset, training_inputs
 
     algorithm = get_algorithm(algorithm_name)
     cfg = algorithm.Config()
-    data = training_data(algorithm, random_dataset(size), cfg)
-    shared = shared_arrays(algorithm, data, cfg)
-    init_keys, keys = seed_keys(tuple(range(seeds)))
-    states = init_states(algorithm, data, cfg, init_keys)
+    data, shared, states, keys = training_inputs(algorithm, random_dataset(size), cfg, seeds)
     train = make_train_chunk(algorithm, cfg, CHUNK).lower(states, keys, data, shared).compile()
     states, keys, _, _ = train(states, keys, data, shared)
     states.step.block_until_ready()

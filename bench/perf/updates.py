@@ -205,6 +205,17 @@ class Measurement:
         }
 
 
+def training_inputs(
+    algorithm: Algorithm, dataset: Dataset, cfg: Any, num_seeds: int
+) -> tuple[sampling.TrainingData, Any, Any, jax.Array]:
+    """What the engine's chunk trains ``num_seeds`` vmapped seeds (0, 1, ...) on: (data, shared arrays,
+    initial states, training keys)."""
+    data = training_data(algorithm, dataset, cfg)
+    shared = shared_arrays(algorithm, data, cfg)
+    init_keys, keys = seed_keys(tuple(range(num_seeds)))
+    return data, shared, init_states(algorithm, data, cfg, init_keys), keys
+
+
 def measure_algorithm(
     name: str,
     dataset: Dataset,
@@ -226,10 +237,7 @@ def measure_algorithm(
     algorithm = get_algorithm(name)
     cfg = algorithm.Config(**(hparams or {}))
     tic = time.perf_counter()
-    data = training_data(algorithm, dataset, cfg)
-    shared = shared_arrays(algorithm, data, cfg)
-    init_keys, keys = seed_keys(tuple(range(num_seeds)))
-    states = init_states(algorithm, data, cfg, init_keys)
+    data, shared, states, keys = training_inputs(algorithm, dataset, cfg, num_seeds)
     jax.block_until_ready((data, shared, states))
     setup_seconds = time.perf_counter() - tic
     if flops is None:
