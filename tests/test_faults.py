@@ -14,8 +14,8 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from same_tables import assert_same_tables
 from typer.testing import CliRunner
 
 from offbench import files
@@ -27,7 +27,6 @@ from offbench.bench.suite import parse_suite
 from offbench.bench.sweep import sweep
 
 runner = CliRunner()
-TIMING = ["wall_time_s", "train_seconds", "compile_seconds", "eval_seconds", "updates_per_second_per_seed"]
 
 
 def suite_text(dataset: str) -> str:
@@ -48,22 +47,6 @@ hparams = {{ hidden_dims = [8], batch_size = 16 }}
 name = "td3bc"
 hparams = {{ hidden_dims = [8], batch_size = 16 }}
 """
-
-
-def comparable(frame: pd.DataFrame) -> pd.DataFrame:
-    drop = [c for c in frame.columns if c in TIMING or c == "written_at"]
-    keys = ["label", "seed", *(c for c in ("step", "name") if c in frame)]
-    return frame.drop(columns=drop).sort_values(keys).reset_index(drop=True)
-
-
-def assert_same_tables(out: Path, reference: Path) -> None:
-    for table in results.TABLES:
-        pd.testing.assert_frame_equal(
-            comparable(pd.read_parquet(out / table)), comparable(pd.read_parquet(reference / table))
-        )
-    assert sorted(p.name for p in (out / "policies").iterdir()) == sorted(
-        p.name for p in (reference / "policies").iterdir()
-    )
 
 
 def leftovers(out: Path) -> list[Path]:
